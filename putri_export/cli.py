@@ -1,0 +1,115 @@
+"""The ``putri-export`` command line: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import PutriError
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    from .model import load_model, param_counts
+
+    model, _ = load_model(args.model)
+    counts = param_counts(model)
+    if args.json:
+        print(json.dumps({
+            "model": str(args.model),
+            "layers": [vars(layer) | {"block_params": layer.block_params} for layer in counts.layers],
+            "blocks": counts.blocks, "embeddings": counts.embeddings, "final_norm": counts.final_norm,
+            "total": counts.total, "head_dim": model.config.head_dim, "hidden_size": model.config.hidden_size,
+        }, indent=2))
+        return
+    c = model.config
+    print(f"{args.model}: {c.num_hidden_layers} layers, hidden {c.hidden_size}, head_dim {c.head_dim}, "
+          f"vocab {c.vocab_size}, tied embeddings {c.tie_word_embeddings}")
+    print(f"{'layer':>5} {'heads':>5} {'kv':>3} {'ffn':>6} {'attn params':>12} {'ffn params':>12} {'block params':>13}")
+    for layer in counts.layers:
+        print(f"{layer.layer:>5} {layer.heads:>5} {layer.kv_heads:>3} {layer.ffn:>6} {layer.attn_params:>12,} "
+              f"{layer.ffn_params:>12,} {layer.block_params:>13,}")
+    print(f"blocks {counts.blocks:,} | embeddings {counts.embeddings:,} | final norm {counts.final_norm:,} | "
+          f"total {counts.total:,}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    import torch
+
+    from .data import load_corpus
+    from .evaluate import perplexity, tokenize_corpus, torch_logits_fn
+    from .model import load_model
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    model, tokenizer = load_model(args.model)
+    corpus = load_corpus(args.data)
+    ids = tokenize_corpus(tokenizer, corpus)
+    result = perplexity(torch_logits_fn(model), ids, args.seq_len, args.max_windows, args.batch_size, corpus)
+    record = {"model": str(args.model), **result.to_dict()}
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n") if args.json != "-" else None
+    if args.json == "-":
+        print(json.dumps(record, indent=2))
+    else:
+        print(f"{args.model} on {corpus.name} ({corpus.source}): perplexity {result.perplexity:.4f} "
+              f"| {result.windows} windows × {result.seq_len} tokens, {result.predicted_tokens} predicted tokens "
+              f"(corpus {result.corpus_tokens} tokens)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="putri-export", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="per-layer heads / KV heads / FFN widths and parameter counts")
+    p.add_argument("model", help="HF folder, .gguf file, or built-in name (smollm2-135m)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("eval", help="perplexity on non-overlapping windows")
+    p.add_argument("model", help="HF folder, .gguf file, or built-in name (smollm2-135m)")
+    p.add_argument("--data", default="wikitext2", help="file (.txt/.jsonl/.parquet), built-in name "
+                   "(wikitext2, wikitext2:valid, tinystories, tinystories:train) or hub dataset")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--max-windows", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--json", metavar="FILE", help="write the result as JSON to FILE ('-' for stdout)")
+    p.set_defaults(func=_cmd_eval)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars and messages only; library chatter hides the one line that matters."""
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _quiet_libraries()
+        args.func(args)
+    except PutriError as e:
+        print(f"putri-export: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("putri-export: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an unexpected failure: one line, traceback on request
+        if os.environ.get("PUTRI_EXPORT_DEBUG"):
+            raise
+        print(f"putri-export: internal error: {type(e).__name__}: {e} (set PUTRI_EXPORT_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Shared fixtures: the real assets in ../shared (never copied into the repository)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PUTRI_EXPORT_SHARED", REPO.parent / "shared"))
+STORIES = SHARED / "models" / "stories260K"
+
+
+@pytest.fixture(scope="session")
+def stories_dir() -> Path:
+    if not (STORIES / "config.json").is_file():
+        pytest.fail(f"stories260K not found at {STORIES} (set PUTRI_EXPORT_SHARED)")
+    return STORIES
+
+
+@pytest.fixture(scope="session")
+def stories(stories_dir):
+    from putri_export.model import load_model
+
+    return load_model(stories_dir)
+
+
+@pytest.fixture(scope="session")
+def tinystories_ids(stories):
+    from putri_export.data import load_corpus
+    from putri_export.evaluate import tokenize_corpus
+
+    return tokenize_corpus(stories[1], load_corpus("tinystories"))
+
+
+@pytest.fixture(scope="session")
+def wikitext_ids(stories):
+    from putri_export.data import load_corpus
+    from putri_export.evaluate import tokenize_corpus
+
+    return tokenize_corpus(stories[1], load_corpus("wikitext2"))
+
+
+def fresh_stories(stories_dir):
+    """A private copy (tests that resize layers must not touch the session model)."""
+    from putri_export.model import load_model
+
+    return load_model(stories_dir)[0]
+
+
+@pytest.fixture
+def stories_copy(stories_dir):
+    return fresh_stories(stories_dir)
+
+
+torch.manual_seed(0)
