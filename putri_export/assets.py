@@ -120,6 +120,30 @@ def _gguf_to_hf_folder(gguf_path: Path, out: Path) -> None:
     plain.generation_config = src.generation_config
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    _restore_pretokenizer(tokenizer, _gguf_string(gguf_path, "tokenizer.ggml.pre"))
     tokenizer.save_pretrained(out)
     (out / "SOURCE.txt").write_text(f"dequantized from {gguf_path.name}\n")
 
+
+
+def _gguf_string(path: Path, key: str) -> str | None:
+    from gguf import GGUFReader
+
+    field = GGUFReader(path).fields.get(key)
+    return field.contents() if field is not None else None
+
+
+def _restore_pretokenizer(tokenizer, pre: str | None) -> None:
+    """transformers' GGUF reader builds a plain byte-level pre-tokenizer whatever ``tokenizer.ggml.pre`` says.
+
+    For the pre-tokenizers we ship models for, restore the original splitting (SmolLM: one digit per
+    pre-token before the GPT-2 regex), so HF and llama.cpp tokenize numbers alike.
+    """
+    if pre != "smollm":
+        return
+    from tokenizers import pre_tokenizers
+
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+    ])

@@ -58,6 +58,78 @@ def _cmd_eval(args: argparse.Namespace) -> None:
               f"(corpus {result.corpus_tokens} tokens)")
 
 
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise PutriError(f"{path} exists; pass --overwrite to replace it")
+
+
+def _print_report(report, json_path: str | None) -> None:
+    print(report.summary())
+    if json_path:
+        Path(json_path).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+def _cmd_export_gguf(args: argparse.Namespace) -> int:
+    import torch
+
+    from .assets import resolve_model
+    from .export_gguf import write_gguf
+    from .model import load_model
+    from .verify import verify_gguf
+
+    out = Path(args.out)
+    _refuse_existing(out, args.overwrite)
+    resolved = resolve_model(args.model)
+    if resolved.gguf_file is not None:
+        raise PutriError("give an HF model folder (or smollm2-135m) to export, not a .gguf file")
+    model, _ = load_model(resolved.path)
+    # Written under a temporary name and only renamed to --out once it verified (or verification is off).
+    staging = out.with_name(f".{out.stem}.unverified-{os.getpid()}{out.suffix}")
+    try:
+        with torch.no_grad():
+            report = write_gguf(model, resolved.path, staging, args.type)
+        print(f"wrote {report.bytes:,} bytes ({args.type}); " + ("; ".join(report.workarounds) or "no workarounds"))
+        if report.fallback_tensors:
+            print(f"kept as F16 (rows not a multiple of the block size): {', '.join(report.fallback_tensors)}")
+        if not args.no_verify:
+            parity = verify_gguf(staging, resolved.path, args.verify_data, args.seq_len, args.verify_windows,
+                                 args.threads)
+            _print_report(parity, args.json)
+            if not parity.passed:
+                print(f"putri-export: error: {out} not written: parity check failed", file=sys.stderr)
+                return 1
+        os.replace(staging, out)
+    finally:
+        staging.unlink(missing_ok=True)
+    print(f"{out}: ready")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import verify_gguf
+
+    artifact = Path(args.artifact)
+    if artifact.suffix != ".gguf":
+        raise PutriError(f"cannot verify {artifact}: expected a .gguf file")
+    report = verify_gguf(artifact, args.against, args.data, args.seq_len, args.max_windows, args.threads)
+    _print_report(report, args.json)
+    return 0 if report.passed else 1
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .runtime_llamacpp import check_gguf_file
+
+    check_gguf_file(Path(args.gguf))
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(args.gguf), "--host", args.host,
+           "--port", str(args.port), "--n_ctx", str(args.n_ctx)]
+    if args.threads:
+        cmd += ["--n_threads", str(args.threads)]
+    print(f"serving {args.gguf} at http://{args.host}:{args.port}/v1 (OpenAI-compatible; Ctrl-C stops)",
+          file=sys.stderr)
+    os.execv(sys.executable, cmd)  # hand the process over: signals go straight to the server
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="putri-export", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +149,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--json", metavar="FILE", help="write the result as JSON to FILE ('-' for stdout)")
     p.set_defaults(func=_cmd_eval)
+
+    export = sub.add_parser("export", help="write a deployable artifact").add_subparsers(dest="format", required=True)
+    p = export.add_parser("gguf", help="GGUF (llama.cpp 'deci' architecture, per-layer widths)")
+    p.add_argument("model", help="HF model folder (pruned or dense) or smollm2-135m")
+    p.add_argument("--out", required=True, help="output .gguf file")
+    p.add_argument("--type", default="f16", choices=["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"])
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--no-verify", action="store_true", help="skip the llama.cpp parity check")
+    p.add_argument("--verify-data", default="wikitext2")
+    p.add_argument("--verify-windows", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", metavar="FILE", help="write the parity report as JSON")
+    p.set_defaults(func=_cmd_export_gguf)
+
+    p = sub.add_parser("verify", help="parity of an artifact with its PyTorch model (exit 1 outside tolerance)")
+    p.add_argument("artifact", help=".gguf file")
+    p.add_argument("--against", required=True, help="the HF model folder it was exported from")
+    p.add_argument("--data", default="wikitext2")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--max-windows", type=int, default=4)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("serve", help="llama-cpp-python's OpenAI-compatible server for a GGUF")
+    p.add_argument("gguf")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--n-ctx", type=int, default=2048)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 
@@ -95,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _quiet_libraries()
-        args.func(args)
+        code = args.func(args)
     except PutriError as e:
         print(f"putri-export: error: {e}", file=sys.stderr)
         return 2
@@ -108,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"putri-export: internal error: {type(e).__name__}: {e} (set PUTRI_EXPORT_DEBUG=1 for a traceback)",
               file=sys.stderr)
         return 1
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

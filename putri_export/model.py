@@ -270,3 +270,34 @@ def slice_randomly(model: PutriLlamaForCausalLM, kv_heads: Sequence[int], ffn: S
         if ffn[layer] < have_ffn:
             keep_ffn_neurons(model, layer, torch.randperm(have_ffn, generator=gen)[: ffn[layer]].tolist())
     return model
+
+
+# Files the HF tokenizer does not re-save but exporters need (SentencePiece scores for GGUF).
+TOKENIZER_SIDECARS = ("tokenizer.model",)
+
+
+def save_checkpoint(model: PutriLlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, out: Path,
+                    source_dir: Path | None = None, overwrite: bool = False) -> Path:
+    """Save model + tokenizer (+ the source's SentencePiece model) to ``out`` atomically."""
+    import os
+    import shutil
+    import tempfile
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise PutriError(f"{out} exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name in TOKENIZER_SIDECARS:
+            if source_dir is not None and (Path(source_dir) / name).is_file() and not (tmp / name).exists():
+                shutil.copy2(Path(source_dir) / name, tmp / name)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
