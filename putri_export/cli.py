@@ -42,14 +42,15 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from .evaluate import perplexity, tokenize_corpus, torch_logits_fn
     from .model import load_model
 
-    torch.set_num_threads(args.threads) if args.threads else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model)
     corpus = load_corpus(args.data)
     ids = tokenize_corpus(tokenizer, corpus)
     result = perplexity(torch_logits_fn(model), ids, args.seq_len, args.max_windows, args.batch_size, corpus)
     record = {"model": str(args.model), **result.to_dict()}
-    if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n") if args.json != "-" else None
+    if args.json and args.json != "-":
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     if args.json == "-":
         print(json.dumps(record, indent=2))
     else:

@@ -24,10 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import gguf
-import numpy as np
 import torch
-from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
 
 from .errors import PutriError
 from .modeling_putri_llama import PutriLlamaForCausalLM
@@ -281,24 +278,4 @@ def _bpe_tokens(tj: dict) -> tuple[list[str], list[int]]:
         else:
             types.append(gguf.TokenType.NORMAL)
     return tokens, types
-
-
-def export_gguf(model_spec: str | Path, out: Path, type_name: str = "f16", progress: bool = True
-                ) -> GGUFExportReport:
-    """Load a model folder (or any supported model argument) and write it as GGUF."""
-    from .assets import resolve_model
-    from .model import load_model
-
-    resolved = resolve_model(model_spec)
-    if resolved.gguf_file is not None:
-        raise PutriError("give an HF model folder (or smollm2-135m) to export, not a .gguf file")
-    model, _ = load_model(resolved.path)
-    with torch.no_grad():
-        return write_gguf(model, resolved.path, out, type_name, progress=progress)
-
-
-def gguf_tensor_bytes(path: Path) -> int:
-    """Bytes of tensor data in a GGUF (what a decode step reads, before the KV cache)."""
-    reader = gguf.GGUFReader(path)
-    return int(sum(t.n_bytes for t in reader.tensors))
 

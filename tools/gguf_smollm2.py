@@ -112,7 +112,7 @@ def main() -> None:
             "prefill_tokens": args.prefill, "decode_tokens": args.decode,
             "export_f16_dense_s": export_times, "export_f16_dense_median_s": statistics.median(export_times)}
     (out / "smollm2.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = [f"# GGUF on SmolLM2-135M\n", f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}, "
+    lines = ["# GGUF on SmolLM2-135M\n", f"Command: `{meta['command']}`  ", f"Machine: {meta['machine']}, "
              f"{args.threads} threads. Perplexity: {meta['data']}. Speed: llama.cpp (llama-cpp-python), "
              f"prefill {args.prefill} tokens, decode {args.decode} tokens, median of {args.repeats} interleaved "
              "runs, F16 KV cache.\n",
