@@ -106,13 +106,44 @@ def _cmd_export_gguf(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import verify_gguf
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    import shutil
 
-    artifact = Path(args.artifact)
-    if artifact.suffix != ".gguf":
-        raise PutriError(f"cannot verify {artifact}: expected a .gguf file")
-    report = verify_gguf(artifact, args.against, args.data, args.seq_len, args.max_windows, args.threads)
+    from .assets import resolve_model
+    from .export_onnx import write_onnx
+    from .model import load_model
+    from .verify import verify_onnx
+
+    out = Path(args.out)
+    _refuse_existing(out, args.overwrite)
+    resolved = resolve_model(args.model)
+    if resolved.gguf_file is not None:
+        raise PutriError("give an HF model folder (or smollm2-135m) to export, not a .gguf file")
+    model, _ = load_model(resolved.path)
+    staging = out.with_name(f".{out.name}.unverified-{os.getpid()}")
+    try:
+        write_onnx(model, resolved.path, staging, args.quantize, overwrite=True)
+        if not args.no_verify:
+            parity = verify_onnx(staging, resolved.path, args.verify_data, args.seq_len, args.verify_windows,
+                                 args.threads)
+            _print_report(parity, args.json)
+            if not parity.passed:
+                print(f"putri-export: error: {out} not written: parity check failed", file=sys.stderr)
+                return 1
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"{out}: ready")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import verify_artifact
+
+    report = verify_artifact(Path(args.artifact), args.against, data=args.data, seq_len=args.seq_len,
+                             max_windows=args.max_windows, threads=args.threads)
     _print_report(report, args.json)
     return 0 if report.passed else 1
 
@@ -165,8 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write the parity report as JSON")
     p.set_defaults(func=_cmd_export_gguf)
 
+    p = export.add_parser("onnx", help="ONNX decoder with per-layer KV cache (ONNX Runtime)")
+    p.add_argument("model", help="HF model folder (pruned or dense) or smollm2-135m")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--quantize", default="none", choices=["none", "int8"])
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime parity check")
+    p.add_argument("--verify-data", default="wikitext2")
+    p.add_argument("--verify-windows", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", metavar="FILE", help="write the parity report as JSON")
+    p.set_defaults(func=_cmd_export_onnx)
+
     p = sub.add_parser("verify", help="parity of an artifact with its PyTorch model (exit 1 outside tolerance)")
-    p.add_argument("artifact", help=".gguf file")
+    p.add_argument("artifact", help=".gguf file or exported ONNX folder")
     p.add_argument("--against", required=True, help="the HF model folder it was exported from")
     p.add_argument("--data", default="wikitext2")
     p.add_argument("--seq-len", type=int, default=512)

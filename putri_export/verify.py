@@ -34,6 +34,8 @@ TOLERANCES = {
     "q5_1": Tolerance(None, 0.06, False),
     "q4_0": Tolerance(None, 0.15, False),
     "q4_1": Tolerance(None, 0.15, False),
+    "onnx-fp32": Tolerance(1e-4, 0.001, True),
+    "onnx-int8": Tolerance(None, 0.03, False),
 }
 
 
@@ -85,7 +87,8 @@ class ParityReport:
 
 def compare(runtime: Runtime, model, tokenizer, artifact: str, against: str, artifact_type: str,
             data: str = "wikitext2", seq_len: int = 512, max_windows: int = 4, prompt_tokens: int = 256,
-            new_tokens: int = 32, tokenization_docs: int = 64, progress: bool = True) -> ParityReport:
+            new_tokens: int = 32, tokenization_docs: int = 64, progress: bool = True,
+            sentencepiece_reference: bool = True) -> ParityReport:
     from .data import load_corpus
     from .evaluate import perplexity, tokenize_corpus, torch_logits_fn
 
@@ -99,7 +102,7 @@ def compare(runtime: Runtime, model, tokenizer, artifact: str, against: str, art
 
     # Tokenization: the runtime must give the model's own tokenizer's ids for real documents.
     docs = corpus.documents[:tokenization_docs]
-    reference = reference_tokenizer(Path(against), tokenizer)
+    reference = reference_tokenizer(Path(against) if sentencepiece_reference else None, tokenizer)
     mismatches = sum(runtime.tokenize(doc) != reference(doc) for doc in docs)
 
     # Full-sequence logits on real text.
@@ -147,15 +150,15 @@ def compare(runtime: Runtime, model, tokenizer, artifact: str, against: str, art
     )
 
 
-def reference_tokenizer(folder: Path, tokenizer) -> "callable":
+def reference_tokenizer(folder: Path | None, tokenizer) -> "callable":
     """The tokenizer a runtime must reproduce: SentencePiece itself when the model ships ``tokenizer.model``.
 
     (HF's fast Metaspace pre-tokenizer drops SentencePiece's dummy-prefix space before text that already
     starts with a space — e.g. WikiText's " = Title = " lines — while SentencePiece and llama.cpp keep it.)
     Otherwise the HF tokenizer.
     """
-    spm_file = Path(folder) / "tokenizer.model"
-    if spm_file.is_file():
+    spm_file = Path(folder) / "tokenizer.model" if folder is not None else None
+    if spm_file is not None and spm_file.is_file():
         import sentencepiece
 
         processor = sentencepiece.SentencePieceProcessor(model_file=str(spm_file))
@@ -194,3 +197,30 @@ def verify_gguf(path: Path, against: str | Path, data: str = "wikitext2", seq_le
                        progress=progress)
     finally:
         runtime.close()
+
+
+def verify_onnx(folder: Path, against: str | Path, data: str = "wikitext2", seq_len: int = 512,
+                max_windows: int = 4, threads: int | None = None, progress: bool = True) -> ParityReport:
+    from .model import load_model
+    from .runtime_ort import OrtModel, read_layout
+
+    spec = read_layout(Path(folder))
+    type_name = "onnx-fp32" if spec["quantization"] == "none" else f"onnx-{spec['quantization']}"
+    model, tokenizer = load_model(against)
+    runtime = OrtModel(folder, n_threads=threads)
+    try:
+        # The ONNX folder ships the HF tokenizer files: HF is the reference there.
+        return compare(runtime, model, tokenizer, str(folder), str(against), type_name, data, seq_len, max_windows,
+                       progress=progress, sentencepiece_reference=False)
+    finally:
+        runtime.close()
+
+
+def verify_artifact(artifact: Path, against: str | Path, **kwargs) -> ParityReport:
+    """GGUF file or ONNX folder, by what it is."""
+    artifact = Path(artifact)
+    if artifact.is_dir():
+        return verify_onnx(artifact, against, **kwargs)
+    if artifact.suffix == ".gguf":
+        return verify_gguf(artifact, against, **kwargs)
+    raise PutriError(f"cannot verify {artifact}: expected a .gguf file or an exported ONNX folder")

@@ -1,0 +1,136 @@
+"""ONNX export with a per-layer KV cache, for ONNX Runtime.
+
+onnxruntime-genai's builder and optimum's Llama config assume one head count for all layers, so the
+graph is exported here: ``torch.onnx.export(dynamo=True)`` of a thin wrapper that takes one (key,
+value) pair per attention layer, rebuilds transformers' ``DynamicCache`` and runs our model. Inputs:
+``input_ids``, ``attention_mask`` (past + new), ``position_ids``, ``past_key_values.{l}.key/value``
+[batch, K_l, past, head_dim] for each layer l with attention; outputs ``logits`` and
+``present.{l}.key/value``. ``putri_onnx.json`` beside the model describes this layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from .errors import PutriError
+from .modeling_putri_llama import PutriLlamaForCausalLM
+
+LAYOUT_FILE = "putri_onnx.json"
+MODEL_FILE = "model.onnx"
+QUANTIZATIONS = ("none", "int8")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "chat_template.jinja", "generation_config.json")
+
+
+def attention_layers(model: PutriLlamaForCausalLM) -> list[int]:
+    return [i for i, h in enumerate(model.config.num_attention_heads_per_layer) if h > 0]
+
+
+class _CachedDecoder(nn.Module):
+    """Flat per-layer KV tensors in and out, transformers' cache and model inside."""
+
+    def __init__(self, model: PutriLlamaForCausalLM):
+        super().__init__()
+        self.model = model
+        self.layers = attention_layers(model)
+
+    def forward(self, input_ids, attention_mask, position_ids, past):
+        cache = DynamicCache(config=self.model.config)
+        for (key, value), layer in zip(past, self.layers):
+            cache.update(key, value, layer)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True)
+        present = []
+        for layer in self.layers:
+            present += [cache.layers[layer].keys, cache.layers[layer].values]
+        return (out.logits, *present)
+
+
+def _example_inputs(model: PutriLlamaForCausalLM):
+    # Batch ≥ 2 and a non-empty past: size-0/1 example dims would be frozen into the graph.
+    c = model.config
+    batch, new, past = 2, 5, 3
+    ids = torch.randint(0, c.vocab_size, (batch, new))
+    mask = torch.ones(batch, past + new, dtype=torch.long)
+    pos = torch.arange(past, past + new)[None].expand(batch, -1)
+    kv = tuple(
+        (torch.zeros(batch, c.num_key_value_heads_per_layer[l], past, c.head_dim),
+         torch.zeros(batch, c.num_key_value_heads_per_layer[l], past, c.head_dim))
+        for l in attention_layers(model))
+    return ids, mask, pos, kv
+
+
+def layout(model: PutriLlamaForCausalLM, quantization: str) -> dict:
+    c = model.config
+    layers = attention_layers(model)
+    return {
+        "format": "putri-export onnx decoder v1",
+        "model_file": MODEL_FILE,
+        "quantization": quantization,
+        "num_hidden_layers": c.num_hidden_layers,
+        "head_dim": c.head_dim,
+        "vocab_size": c.vocab_size,
+        "num_attention_heads_per_layer": list(c.num_attention_heads_per_layer),
+        "num_key_value_heads_per_layer": list(c.num_key_value_heads_per_layer),
+        "intermediate_size_per_layer": list(c.intermediate_size_per_layer),
+        "cache_layers": layers,
+        "inputs": ["input_ids", "attention_mask", "position_ids"]
+        + [f"past_key_values.{l}.{kv}" for l in layers for kv in ("key", "value")],
+        "outputs": ["logits"] + [f"present.{l}.{kv}" for l in layers for kv in ("key", "value")],
+        "kv_dtype": "float32",
+        "padding_side": "any (attention_mask is honoured; position_ids must skip padding)",
+    }
+
+
+def write_onnx(model: PutriLlamaForCausalLM, tokenizer_dir: Path, out: Path, quantization: str = "none",
+               opset: int = 23, overwrite: bool = False) -> dict:
+    """Export to the folder ``out`` (temp folder + rename: nothing partial is left behind)."""
+    if quantization not in QUANTIZATIONS:
+        raise PutriError(f"unknown --quantize {quantization!r}: choose one of {', '.join(QUANTIZATIONS)}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise PutriError(f"{out} exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spec = layout(model, quantization)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        _export_graph(model, tmp / ("fp32.onnx" if quantization != "none" else MODEL_FILE), spec, opset)
+        if quantization == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            # Weights of the MatMuls only: ORT would otherwise rewrite the ONNX Attention op into an invalid QAttention.
+            quantize_dynamic(tmp / "fp32.onnx", tmp / MODEL_FILE, weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul"])
+            for f in tmp.glob("fp32.onnx*"):
+                f.unlink()
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
+        (tmp / LAYOUT_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return spec
+
+
+def _export_graph(model: PutriLlamaForCausalLM, path: Path, spec: dict, opset: int) -> None:
+    layers = spec["cache_layers"]
+    batch, seq, total, past = (torch.export.Dim(n) for n in ("batch", "seq", "total", "past"))
+    dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: total},
+               "position_ids": {0: batch, 1: seq}, "past": tuple(({0: batch, 2: past}, {0: batch, 2: past})
+                                                                 for _ in layers)}
+    with torch.no_grad():
+        torch.onnx.export(_CachedDecoder(model).eval(), _example_inputs(model), str(path), dynamo=True,
+                          dynamic_shapes=dynamic, input_names=spec["inputs"], output_names=spec["outputs"],
+                          opset_version=opset, verbose=False)

@@ -1,0 +1,81 @@
+"""An exported ONNX decoder run by ONNX Runtime: logits, greedy decoding with the per-layer KV cache."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PutriError
+from .export_onnx import LAYOUT_FILE
+
+
+def read_layout(folder: Path) -> dict:
+    folder = Path(folder)
+    spec_file = folder / LAYOUT_FILE
+    if not spec_file.is_file():
+        raise PutriError(f"{folder} is not a putri-export ONNX folder (no {LAYOUT_FILE})")
+    try:
+        return json.loads(spec_file.read_text())
+    except json.JSONDecodeError as e:
+        raise PutriError(f"corrupt {spec_file}: {e}") from None
+
+
+class OrtModel:
+    def __init__(self, folder: str | Path, n_threads: int | None = None):
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        self.folder = Path(folder)
+        self.spec = read_layout(self.folder)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = n_threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.folder / self.spec["model_file"]), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise PutriError(f"onnxruntime could not load {self.folder}: {str(e).splitlines()[0]}") from None
+        self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        self.kv_heads = {l: self.spec["num_key_value_heads_per_layer"][l] for l in self.spec["cache_layers"]}
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def empty_cache(self, batch: int = 1) -> dict[str, np.ndarray]:
+        d = self.spec["head_dim"]
+        return {f"past_key_values.{l}.{kv}": np.zeros((batch, k, 0, d), np.float32)
+                for l, k in self.kv_heads.items() for kv in ("key", "value")}
+
+    def step(self, tokens: np.ndarray, cache: dict[str, np.ndarray], past_len: int):
+        """Run new tokens [B, T] after ``past_len`` cached ones; returns logits and the grown cache."""
+        batch, new = tokens.shape
+        feeds = {"input_ids": tokens.astype(np.int64),
+                 "attention_mask": np.ones((batch, past_len + new), np.int64),
+                 "position_ids": np.broadcast_to(np.arange(past_len, past_len + new), (batch, new)).astype(np.int64),
+                 **cache}
+        outputs = self.session.run(None, feeds)
+        names = self.spec["outputs"]
+        present = {n.replace("present.", "past_key_values."): v for n, v in zip(names[1:], outputs[1:])}
+        return outputs[0], present
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        out, _ = self.step(np.array([tokens]), self.empty_cache(), 0)
+        return out[0]
+
+    def greedy(self, prompt: list[int], new_tokens: int) -> tuple[list[int], np.ndarray]:
+        logits, cache = self.step(np.array([prompt]), self.empty_cache(), 0)
+        last = logits[0, -1]
+        out, steps = [], []
+        for i in range(new_tokens):
+            steps.append(last)
+            token = int(last.argmax())
+            out.append(token)
+            logits, cache = self.step(np.array([[token]]), cache, len(prompt) + i)
+            last = logits[0, -1]
+        return out, np.stack(steps)
+
+    def close(self) -> None:
+        self.session = None
