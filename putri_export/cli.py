@@ -70,13 +70,11 @@ def _print_report(report, json_path: str | None) -> None:
         Path(json_path).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
 
 
-def _cmd_export_gguf(args: argparse.Namespace) -> int:
-    import torch
-
+def _export_verified(args: argparse.Namespace, write, verify) -> int:
+    """Write to a staging name beside --out, verify it in its runtime, and only then rename it to --out."""
     from .assets import resolve_model
-    from .export_gguf import write_gguf
+    from .atomic import remove
     from .model import load_model
-    from .verify import verify_gguf
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
@@ -84,59 +82,48 @@ def _cmd_export_gguf(args: argparse.Namespace) -> int:
     if resolved.gguf_file is not None:
         raise PutriError("give an HF model folder (or smollm2-135m) to export, not a .gguf file")
     model, _ = load_model(resolved.path)
-    # Written under a temporary name and only renamed to --out once it verified (or verification is off).
     staging = out.with_name(f".{out.stem}.unverified-{os.getpid()}{out.suffix}")
     try:
-        with torch.no_grad():
-            report = write_gguf(model, resolved.path, staging, args.type)
-        print(f"wrote {report.bytes:,} bytes ({args.type}); " + ("; ".join(report.workarounds) or "no workarounds"))
-        if report.fallback_tensors:
-            print(f"kept as F16 (rows not a multiple of the block size): {', '.join(report.fallback_tensors)}")
+        write(model, resolved.path, staging)
         if not args.no_verify:
-            parity = verify_gguf(staging, resolved.path, args.verify_data, args.seq_len, args.verify_windows,
-                                 args.threads)
-            _print_report(parity, args.json)
-            if not parity.passed:
-                print(f"putri-export: error: {out} not written: parity check failed", file=sys.stderr)
-                return 1
-        os.replace(staging, out)
-    finally:
-        staging.unlink(missing_ok=True)
-    print(f"{out}: ready")
-    return 0
-
-
-def _cmd_export_onnx(args: argparse.Namespace) -> int:
-    import shutil
-
-    from .assets import resolve_model
-    from .export_onnx import write_onnx
-    from .model import load_model
-    from .verify import verify_onnx
-
-    out = Path(args.out)
-    _refuse_existing(out, args.overwrite)
-    resolved = resolve_model(args.model)
-    if resolved.gguf_file is not None:
-        raise PutriError("give an HF model folder (or smollm2-135m) to export, not a .gguf file")
-    model, _ = load_model(resolved.path)
-    staging = out.with_name(f".{out.name}.unverified-{os.getpid()}")
-    try:
-        write_onnx(model, resolved.path, staging, args.quantize, overwrite=True)
-        if not args.no_verify:
-            parity = verify_onnx(staging, resolved.path, args.verify_data, args.seq_len, args.verify_windows,
-                                 args.threads)
+            parity = verify(staging, resolved.path, args.verify_data, args.seq_len, args.verify_windows, args.threads)
             _print_report(parity, args.json)
             if not parity.passed:
                 print(f"putri-export: error: {out} not written: parity check failed", file=sys.stderr)
                 return 1
         if out.exists():
-            shutil.rmtree(out)
+            remove(out)
         os.replace(staging, out)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove(staging)
     print(f"{out}: ready")
     return 0
+
+
+def _cmd_export_gguf(args: argparse.Namespace) -> int:
+    import torch
+
+    from .export_gguf import write_gguf
+    from .verify import verify_gguf
+
+    def write(model, source: Path, staging: Path) -> None:
+        with torch.no_grad():
+            report = write_gguf(model, source, staging, args.type)
+        print(f"wrote {report.bytes:,} bytes ({args.type}); " + ("; ".join(report.workarounds) or "no workarounds"))
+        if report.fallback_tensors:
+            print(f"kept as F16 (rows not a multiple of the block size): {', '.join(report.fallback_tensors)}")
+
+    return _export_verified(args, write, verify_gguf)
+
+
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .export_onnx import write_onnx
+    from .verify import verify_onnx
+
+    def write(model, source: Path, staging: Path) -> None:
+        write_onnx(model, source, staging, args.quantize, overwrite=True)
+
+    return _export_verified(args, write, verify_onnx)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:

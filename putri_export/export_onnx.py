@@ -11,15 +11,14 @@ value) pair per attention layer, rebuilds transformers' ``DynamicCache`` and run
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import DynamicCache
 
+from .atomic import staged_dir
 from .errors import PutriError
 from .modeling_putri_llama import PutriLlamaForCausalLM
 
@@ -98,10 +97,8 @@ def write_onnx(model: PutriLlamaForCausalLM, tokenizer_dir: Path, out: Path, qua
     out = Path(out)
     if out.exists() and not overwrite:
         raise PutriError(f"{out} exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
     spec = layout(model, quantization)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
+    with staged_dir(out) as tmp:
         _export_graph(model, tmp / ("fp32.onnx" if quantization != "none" else MODEL_FILE), spec, opset)
         if quantization == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -115,12 +112,6 @@ def write_onnx(model: PutriLlamaForCausalLM, tokenizer_dir: Path, out: Path, qua
             if (Path(tokenizer_dir) / name).is_file():
                 shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
         (tmp / LAYOUT_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return spec
 
 

@@ -279,25 +279,17 @@ TOKENIZER_SIDECARS = ("tokenizer.model",)
 def save_checkpoint(model: PutriLlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, out: Path,
                     source_dir: Path | None = None, overwrite: bool = False) -> Path:
     """Save model + tokenizer (+ the source's SentencePiece model) to ``out`` atomically."""
-    import os
     import shutil
-    import tempfile
+
+    from .atomic import staged_dir
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise PutriError(f"{out} exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
+    with staged_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         for name in TOKENIZER_SIDECARS:
             if source_dir is not None and (Path(source_dir) / name).is_file() and not (tmp / name).exists():
                 shutil.copy2(Path(source_dir) / name, tmp / name)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
