@@ -1,10 +1,9 @@
-"""Outputs appear whole or not at all: work in a temporary sibling, rename at the end."""
+"""Outputs appear whole or not at all: work under a hidden sibling name, rename at the end."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -17,17 +16,32 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def staging_path(out: Path, tag: str = "partial") -> Path:
+    """A hidden sibling of ``out`` (same file system, so the final rename is atomic)."""
+    out = Path(out)
+    return out.with_name(f".{out.stem}.{tag}-{os.getpid()}{out.suffix}")
+
+
+def commit(staged: Path, out: Path) -> None:
+    """Move a finished ``staged`` file or folder to ``out``, replacing what was there."""
+    if Path(out).exists():
+        remove(Path(out))
+    os.replace(staged, out)
+
+
 @contextmanager
-def staged_dir(out: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out``; it replaces ``out`` on success and is removed on any error."""
+def staged(out: Path, make_dir: bool = False, tag: str = "partial") -> Iterator[Path]:
+    """Yield a staging path beside ``out`` (an empty folder if ``make_dir``); it becomes ``out`` when the
+    block finishes and is removed if the block raises."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    tmp = staging_path(out, tag)
+    remove(tmp)
+    if make_dir:
+        tmp.mkdir()
     try:
         yield tmp
-        if out.exists():
-            remove(out)
-        os.replace(tmp, out)
+        commit(tmp, out)
     except BaseException:
         remove(tmp)
         raise

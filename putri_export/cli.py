@@ -73,7 +73,7 @@ def _print_report(report, json_path: str | None) -> None:
 def _export_verified(args: argparse.Namespace, write, verify) -> int:
     """Write to a staging name beside --out, verify it in its runtime, and only then rename it to --out."""
     from .assets import resolve_model
-    from .atomic import remove
+    from .atomic import commit, remove, staging_path
     from .model import load_model
 
     out = Path(args.out)
@@ -81,19 +81,18 @@ def _export_verified(args: argparse.Namespace, write, verify) -> int:
     resolved = resolve_model(args.model)
     if resolved.gguf_file is not None:
         raise PutriError("give an HF model folder (or smollm2-135m) to export, not a .gguf file")
-    model, _ = load_model(resolved.path)
-    staging = out.with_name(f".{out.stem}.unverified-{os.getpid()}{out.suffix}")
+    model, tokenizer = load_model(resolved.path)
+    staging = staging_path(out, "unverified")
     try:
         write(model, resolved.path, staging)
         if not args.no_verify:
-            parity = verify(staging, resolved.path, args.verify_data, args.seq_len, args.verify_windows, args.threads)
+            parity = verify(staging, resolved.path, args.verify_data, args.seq_len, args.verify_windows, args.threads,
+                            loaded=(model, tokenizer))
             _print_report(parity, args.json)
             if not parity.passed:
                 print(f"putri-export: error: {out} not written: parity check failed", file=sys.stderr)
                 return 1
-        if out.exists():
-            remove(out)
-        os.replace(staging, out)
+        commit(staging, out)
     finally:
         remove(staging)
     print(f"{out}: ready")
@@ -149,6 +148,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export_arguments(p: argparse.ArgumentParser, out_help: str, runtime: str) -> None:
+    """What every exporter takes: source, output, and the verification that gates the rename."""
+    p.add_argument("model", help="HF model folder (pruned or dense) or smollm2-135m")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--no-verify", action="store_true", help=f"skip the {runtime} parity check")
+    p.add_argument("--verify-data", default="wikitext2")
+    p.add_argument("--verify-windows", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", metavar="FILE", help="write the parity report as JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="putri-export", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,29 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="write a deployable artifact").add_subparsers(dest="format", required=True)
     p = export.add_parser("gguf", help="GGUF (llama.cpp 'deci' architecture, per-layer widths)")
-    p.add_argument("model", help="HF model folder (pruned or dense) or smollm2-135m")
-    p.add_argument("--out", required=True, help="output .gguf file")
+    _add_export_arguments(p, "output .gguf file", "llama.cpp")
     p.add_argument("--type", default="f16", choices=["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"])
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--no-verify", action="store_true", help="skip the llama.cpp parity check")
-    p.add_argument("--verify-data", default="wikitext2")
-    p.add_argument("--verify-windows", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", metavar="FILE", help="write the parity report as JSON")
     p.set_defaults(func=_cmd_export_gguf)
 
     p = export.add_parser("onnx", help="ONNX decoder with per-layer KV cache (ONNX Runtime)")
-    p.add_argument("model", help="HF model folder (pruned or dense) or smollm2-135m")
-    p.add_argument("--out", required=True, help="output folder")
+    _add_export_arguments(p, "output folder", "ONNX Runtime")
     p.add_argument("--quantize", default="none", choices=["none", "int8"])
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime parity check")
-    p.add_argument("--verify-data", default="wikitext2")
-    p.add_argument("--verify-windows", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", metavar="FILE", help="write the parity report as JSON")
     p.set_defaults(func=_cmd_export_onnx)
 
     p = sub.add_parser("verify", help="parity of an artifact with its PyTorch model (exit 1 outside tolerance)")

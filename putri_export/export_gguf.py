@@ -19,13 +19,13 @@ A layer with neither attention nor FFN is an identity in deci and needs nothing.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import gguf
 import torch
 
+from .atomic import staged
 from .errors import PutriError
 from .modeling_putri_llama import PutriLlamaForCausalLM
 
@@ -160,9 +160,7 @@ def write_gguf(model: PutriLlamaForCausalLM, tokenizer_dir: Path, out: Path, typ
                                "neurons with zero ffn_down")
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    try:
+    with staged(out) as tmp:
         writer = gguf.GGUFWriter(tmp, arch=ARCH)
         _write_hparams(writer, model, heads, kv, ffn, type_name, name or out.stem)
         write_tokenizer(writer, tokenizer_dir, c.vocab_size)
@@ -172,10 +170,6 @@ def write_gguf(model: PutriLlamaForCausalLM, tokenizer_dir: Path, out: Path, typ
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file(progress=progress)
         writer.close()
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     layers = [{"layer": i, "heads": h, "kv_heads": k, "ffn": f} for i, (h, k, f) in
               enumerate(zip(c.num_attention_heads_per_layer, c.num_key_value_heads_per_layer,
                             c.intermediate_size_per_layer))]

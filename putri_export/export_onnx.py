@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from .atomic import staged_dir
+from .atomic import staged
 from .errors import PutriError
 from .modeling_putri_llama import PutriLlamaForCausalLM
 
@@ -98,7 +98,7 @@ def write_onnx(model: PutriLlamaForCausalLM, tokenizer_dir: Path, out: Path, qua
     if out.exists() and not overwrite:
         raise PutriError(f"{out} exists; pass --overwrite to replace it")
     spec = layout(model, quantization)
-    with staged_dir(out) as tmp:
+    with staged(out, make_dir=True) as tmp:
         _export_graph(model, tmp / ("fp32.onnx" if quantization != "none" else MODEL_FILE), spec, opset)
         if quantization == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -281,12 +281,12 @@ def save_checkpoint(model: PutriLlamaForCausalLM, tokenizer: PreTrainedTokenizer
     """Save model + tokenizer (+ the source's SentencePiece model) to ``out`` atomically."""
     import shutil
 
-    from .atomic import staged_dir
+    from .atomic import staged
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise PutriError(f"{out} exists; pass --overwrite to replace it")
-    with staged_dir(out) as tmp:
+    with staged(out, make_dir=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         for name in TOKENIZER_SIDECARS:

@@ -183,14 +183,16 @@ def gguf_type_name(path: Path) -> str:
 
 
 def verify_gguf(path: Path, against: str | Path, data: str = "wikitext2", seq_len: int = 512,
-                max_windows: int = 4, threads: int | None = None, progress: bool = True) -> ParityReport:
+                max_windows: int = 4, threads: int | None = None, progress: bool = True,
+                loaded: tuple | None = None) -> ParityReport:
+    """``loaded``: the (model, tokenizer) of ``against`` when the caller already holds them."""
     from .model import load_model
     from .runtime_llamacpp import LlamaCppModel, check_gguf_file
 
     path = Path(path)
     check_gguf_file(path)
     type_name = gguf_type_name(path)
-    model, tokenizer = load_model(against)
+    model, tokenizer = loaded or load_model(against)
     runtime = LlamaCppModel(path, n_ctx=max(seq_len, 256 + 32), n_threads=threads)
     try:
         return compare(runtime, model, tokenizer, str(path), str(against), type_name, data, seq_len, max_windows,
@@ -200,13 +202,15 @@ def verify_gguf(path: Path, against: str | Path, data: str = "wikitext2", seq_le
 
 
 def verify_onnx(folder: Path, against: str | Path, data: str = "wikitext2", seq_len: int = 512,
-                max_windows: int = 4, threads: int | None = None, progress: bool = True) -> ParityReport:
+                max_windows: int = 4, threads: int | None = None, progress: bool = True,
+                loaded: tuple | None = None) -> ParityReport:
+    """``loaded``: the (model, tokenizer) of ``against`` when the caller already holds them."""
     from .model import load_model
     from .runtime_ort import OrtModel, read_layout
 
     spec = read_layout(Path(folder))
     type_name = "onnx-fp32" if spec["quantization"] == "none" else f"onnx-{spec['quantization']}"
-    model, tokenizer = load_model(against)
+    model, tokenizer = loaded or load_model(against)
     runtime = OrtModel(folder, n_threads=threads)
     try:
         # The ONNX folder ships the HF tokenizer files: HF is the reference there.
