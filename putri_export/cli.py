@@ -148,6 +148,53 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_state_dir(out: Path) -> Path:
+    """Where an interrupted prune keeps its progress (outside --out, so --out is never partial)."""
+    import hashlib
+
+    from .assets import cache_dir
+
+    return cache_dir() / "resume" / hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    import torch
+
+    from .assets import resolve_model
+    from .calibration import load_calibration
+    from .model import load_model, save_checkpoint
+    from .prune import PruneSettings, prune_model
+
+    out = Path(args.out)
+    _refuse_existing(out, args.overwrite)
+    settings = PruneSettings(
+        method=args.method, sparsity=args.sparsity, alpha=args.alpha, damping=args.damping,
+        update=not args.no_update, update_damping=args.update_damping, o_refit=args.o_refit,
+        attn_samples=args.attn_samples, attn_len=args.attn_len, batch_size=args.batch_size)
+    settings.check()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    resolved = resolve_model(args.model)
+    model, tokenizer = load_model(args.model)
+    calib = load_calibration(tokenizer, args.calib, args.calib_samples, args.calib_len)
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(out)
+    try:
+        report = prune_model(model, calib, settings, state_dir=state_dir, resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"putri-export: interrupted; nothing written to {out}. Progress is kept in {state_dir}: "
+              "rerun the same command with --resume to continue", file=sys.stderr)
+        return 130
+    report["source_model"] = str(args.model)
+    report["threads"] = torch.get_num_threads()
+    save_checkpoint(model, tokenizer, out, source_dir=resolved.path, overwrite=args.overwrite,
+                    extra_files={"pruning_report.json": json.dumps(report, indent=2) + "\n"})
+    print(f"{out}: {args.method} at sparsity {args.sparsity}: blocks {report['params_blocks']:,} / "
+          f"{report['dense_params_blocks']:,} (achieved {report['sparsity_blocks']:.4f}), total "
+          f"{report['params_total']:,} ({report['sparsity_total']:.4f}); {report['prune_seconds']:.1f} s, "
+          f"peak RSS {report['peak_rss_mb']:.0f} MB")
+    return 0
+
+
 def _add_export_arguments(p: argparse.ArgumentParser, out_help: str, runtime: str) -> None:
     """What every exporter takes: source, output, and the verification that gates the rename."""
     p.add_argument("model", help="HF model folder (pruned or dense) or smollm2-135m")
@@ -180,6 +227,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--json", metavar="FILE", help="write the result as JSON to FILE ('-' for stdout)")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("prune", help="structured pruning to a smaller per-layer-width checkpoint")
+    p.add_argument("model", help="HF folder, .gguf file, or built-in name (smollm2-135m)")
+    p.add_argument("--sparsity", type=float, required=True, help="fraction of block parameters to remove, [0, 1)")
+    p.add_argument("--method", default="putri", choices=["putri", "2ssp", "shortgpt", "flap"])
+    p.add_argument("--calib", default="wikitext2:valid,tinystories:train",
+                   help="calibration data (comma-separated specs, split evenly); never evaluate on it")
+    p.add_argument("--calib-samples", type=int, default=64, help="calibration windows N")
+    p.add_argument("--calib-len", type=int, default=512, help="tokens per calibration window T")
+    p.add_argument("--out", required=True, help="output checkpoint folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished block")
+    p.add_argument("--state-dir", help="where progress is kept for --resume (default: under the cache)")
+    p.add_argument("--alpha", type=float, default=1.5, help="attention/FFN budget split (2SSP/Putri)")
+    p.add_argument("--damping", type=float, default=1e-2, help="relative Hessian damping for OBS scores")
+    p.add_argument("--update-damping", type=float, default=0.0, help="relative ridge in the least-squares updates")
+    p.add_argument("--no-update", action="store_true", help="Putri without the down_proj least-squares update")
+    p.add_argument("--o-refit", action="store_true", help="least-squares refit of kept o_proj columns")
+    p.add_argument("--attn-samples", type=int, default=2, help="calibration samples scoring attention removals")
+    p.add_argument("--attn-len", type=int, default=256, help="their first tokens")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_cmd_prune)
 
     export = sub.add_parser("export", help="write a deployable artifact").add_subparsers(dest="format", required=True)
     p = export.add_parser("gguf", help="GGUF (llama.cpp 'deci' architecture, per-layer widths)")

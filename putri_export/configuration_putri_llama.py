@@ -24,6 +24,7 @@ class PutriLlamaConfig(LlamaConfig):
     The scalar fields keep the dense parent's values (they describe head_dim, RoPE,
     hidden size). A 0 in ``num_attention_heads_per_layer`` (and KV heads) means the layer
     has no attention sub-block; a 0 in ``intermediate_size_per_layer`` means no FFN.
+    ``output_projection_bias`` adds a bias to every o_proj and down_proj.
     """
 
     model_type = "putri_llama"
@@ -32,6 +33,8 @@ class PutriLlamaConfig(LlamaConfig):
     num_key_value_heads_per_layer: list[int] | None = None
     intermediate_size_per_layer: list[int] | None = None
     layer_types: list[str] | None = None
+    # o_proj and down_proj carry a bias (FLAP's compensation for removed channels).
+    output_projection_bias: bool = False
 
     def __post_init__(self, **kwargs):
         if self.head_dim is None:

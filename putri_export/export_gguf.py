@@ -197,6 +197,8 @@ def _write_tensors(sink: _TensorSink, model: PutriLlamaForCausalLM, heads: list[
             sink.add(_tensor_name(T.ATTN_K, i), permute_for_rope(attn.k_proj.weight, kv[i]))
             sink.add(_tensor_name(T.ATTN_V, i), attn.v_proj.weight)
             sink.add(_tensor_name(T.ATTN_OUT, i), attn.o_proj.weight)
+            if attn.o_proj.bias is not None:  # FLAP compensation
+                sink.add(_tensor_name(T.ATTN_OUT, i, "bias"), attn.o_proj.bias)
         elif heads[i] > 0:  # layer-0 workaround: linear attention contributing exactly zero
             sink.add(_tensor_name(T.ATTN_NORM, i), torch.ones(d))
             sink.add(_tensor_name(T.ATTN_OUT, i), torch.zeros(d, d))
@@ -205,6 +207,8 @@ def _write_tensors(sink: _TensorSink, model: PutriLlamaForCausalLM, heads: list[
             sink.add(_tensor_name(T.FFN_GATE, i), mlp.gate_proj.weight)
             sink.add(_tensor_name(T.FFN_UP, i), mlp.up_proj.weight)
             sink.add(_tensor_name(T.FFN_DOWN, i), mlp.down_proj.weight)
+            if mlp.down_proj.bias is not None:
+                sink.add(_tensor_name(T.FFN_DOWN, i, "bias"), mlp.down_proj.bias)
         elif ffn[i] > 0:  # placeholder FFN contributing exactly zero
             sink.add(_tensor_name(T.FFN_NORM, i), torch.ones(d))
             sink.add(_tensor_name(T.FFN_GATE, i), torch.zeros(ffn[i], d))

@@ -277,8 +277,9 @@ TOKENIZER_SIDECARS = ("tokenizer.model",)
 
 
 def save_checkpoint(model: PutriLlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, out: Path,
-                    source_dir: Path | None = None, overwrite: bool = False) -> Path:
-    """Save model + tokenizer (+ the source's SentencePiece model) to ``out`` atomically."""
+                    source_dir: Path | None = None, overwrite: bool = False,
+                    extra_files: dict[str, str] | None = None) -> Path:
+    """Save model + tokenizer (+ the source's SentencePiece model, + text files) to ``out`` atomically."""
     import shutil
 
     from .atomic import staged
@@ -292,4 +293,6 @@ def save_checkpoint(model: PutriLlamaForCausalLM, tokenizer: PreTrainedTokenizer
         for name in TOKENIZER_SIDECARS:
             if source_dir is not None and (Path(source_dir) / name).is_file() and not (tmp / name).exists():
                 shutil.copy2(Path(source_dir) / name, tmp / name)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
     return out

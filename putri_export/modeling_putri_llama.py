@@ -25,6 +25,24 @@ from transformers.models.llama.modeling_llama import (
 from .configuration_putri_llama import PutriLlamaConfig
 
 
+def _with_bias(linear: nn.Linear) -> nn.Linear:
+    if linear.bias is not None:
+        return linear
+    out = nn.Linear(linear.in_features, linear.out_features, bias=True,
+                    device=linear.weight.device, dtype=linear.weight.dtype)
+    out.weight = linear.weight
+    nn.init.zeros_(out.bias)
+    return out
+
+
+def add_output_bias(layer: nn.Module) -> None:
+    """Give the layer's o_proj and down_proj a (zero) bias, keeping their weights."""
+    if layer.self_attn is not None:
+        layer.self_attn.o_proj = _with_bias(layer.self_attn.o_proj)
+    if layer.mlp is not None:
+        layer.mlp.down_proj = _with_bias(layer.mlp.down_proj)
+
+
 class PutriLlamaDecoderLayer(GradientCheckpointingLayer):
     """Llama block with optional attention and optional FFN."""
 
@@ -42,6 +60,8 @@ class PutriLlamaDecoderLayer(GradientCheckpointingLayer):
         if layer_config.intermediate_size > 0:
             self.mlp = LlamaMLP(layer_config)
             self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        if config.output_projection_bias:
+            add_output_bias(self)
 
     def forward(
         self,

@@ -1,0 +1,127 @@
+"""Putri's algorithm units: FFN scoring and update, greedy structure removal.
+
+Plain tensors in, tensors out; the calibration streaming and model surgery live in ``prune.py``.
+Notation (see docs): a linear layer ``y = W z`` (W: d_out x n_in), calibration Gram matrix
+``H = sum z^T z`` over all tokens (n_in x n_in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+def damped(hessian: torch.Tensor, damping: float) -> torch.Tensor:
+    """``H + damping * mean(diag H) * I`` (a relative ridge; 0 keeps H as is)."""
+    h = hessian.clone()
+    mean_diag = torch.diagonal(h).mean()
+    if damping > 0 and mean_diag > 0:
+        h.diagonal().add_(damping * mean_diag)
+    return h
+
+
+def _cholesky_with_retry(hessian: torch.Tensor, damping: float) -> tuple[torch.Tensor, float]:
+    """Cholesky factor of the damped H, raising the damping tenfold until it factors."""
+    lam = damping
+    for _ in range(12):
+        factor, info = torch.linalg.cholesky_ex(damped(hessian, lam))
+        if int(info) == 0:
+            return factor, lam
+        lam = max(lam * 10, 1e-8)
+    raise RuntimeError("Hessian is not positive definite even with heavy damping (all-zero activations?)")
+
+
+def obs_scores(weight: torch.Tensor, hessian: torch.Tensor, tokens: int, damping: float = 1e-2
+               ) -> tuple[torch.Tensor, float]:
+    """OBS saliency of each input channel, weighted by output-channel energy.
+
+    ``U = chol_upper(H^-1)``, ``S[r, j] = W[r, j]^2 / U[j, j]^2``, ``score_j = sum_r e_r S[r, j]`` with
+    ``e_r = mean(y_r^2) = (W H W^T)[r, r] / tokens``. Returns the scores and the damping used.
+    """
+    w = weight.double()
+    h = hessian.double()
+    factor, lam = _cholesky_with_retry(h, damping)
+    h_inv = torch.cholesky_inverse(factor)
+    upper = torch.linalg.cholesky(h_inv, upper=True)
+    energy = ((w @ h) * w).sum(dim=1) / max(tokens, 1)
+    saliency = w.pow(2) / torch.diagonal(upper).pow(2)
+    return energy @ saliency, lam
+
+
+def least_squares_columns(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor,
+                          damping: float = 0.0) -> torch.Tensor:
+    """New weights for the kept input channels that best reproduce the dense output.
+
+    Minimises ``sum ||W z - W' z_K||^2`` over the calibration tokens:
+    ``W'^T = H[K, K]^-1 H[K, :] W^T``. Exact when the removed channels are linear combinations of
+    kept ones. Falls back to a least-squares solve when H[K, K] is singular.
+    """
+    w = weight.double()
+    h = hessian.double()
+    h_kk = damped(h[keep][:, keep], damping)
+    rhs = h[keep] @ w.T
+    factor, info = torch.linalg.cholesky_ex(h_kk)
+    if int(info) == 0:
+        solution = torch.cholesky_solve(rhs, factor)
+    else:
+        solution = torch.linalg.lstsq(h_kk, rhs, driver="gelsd").solution
+    return solution.T.to(weight.dtype).contiguous()
+
+
+class FFNPruner:
+    """Putri stage 1 for one FFN: fed the down_proj inputs by a hook, then picks neurons and updates.
+
+    ``add_batch`` accumulates ``H = sum z^T z`` (fp64); ``prune`` scores with OBS x output energy,
+    keeps the top neurons and returns the least-squares-updated down_proj columns.
+    """
+
+    def __init__(self, down_weight: torch.Tensor):
+        self.weight = down_weight.detach()
+        width = self.weight.shape[1]
+        self.hessian = torch.zeros(width, width, dtype=torch.float64)
+        self.tokens = 0
+
+    def add_batch(self, z: torch.Tensor) -> None:
+        z = z.reshape(-1, z.shape[-1]).double()
+        self.hessian.addmm_(z.T, z)
+        self.tokens += z.shape[0]
+
+    def prune(self, keep_count: int, damping: float = 1e-2, update: bool = True,
+              update_damping: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Kept neuron indices (sorted), their new down_proj columns, and what was done."""
+        scores, used = obs_scores(self.weight, self.hessian, self.tokens, damping)
+        keep = torch.sort(torch.topk(scores, keep_count).indices).values if keep_count else torch.zeros(0, dtype=torch.long)
+        if update and keep_count:
+            columns = least_squares_columns(self.weight, self.hessian, keep, update_damping)
+        else:
+            columns = self.weight[:, keep].clone()
+        return keep, columns, {"damping": used, "tokens": self.tokens}
+
+
+@dataclass
+class GreedyRound:
+    removed: list
+    losses: dict = field(default_factory=dict)  # candidate -> trial loss this round
+
+
+def greedy_removal(candidates: Sequence[Hashable], trial_loss: Callable[[Hashable], float],
+                   remove: Callable[[list], None], rounds: int, per_round: int,
+                   on_round: Callable[[GreedyRound], None] | None = None) -> list[GreedyRound]:
+    """Repeat ``rounds`` times: try removing each remaining candidate alone, then remove the
+    ``per_round`` candidates whose removal hurt least (lowest trial loss). Ties break by order."""
+    remaining = list(candidates)
+    history = []
+    for _ in range(rounds):
+        if not remaining:
+            break
+        losses = {c: trial_loss(c) for c in remaining}
+        chosen = sorted(remaining, key=lambda c: (losses[c], remaining.index(c)))[:per_round]
+        remove(chosen)
+        remaining = [c for c in remaining if c not in chosen]
+        record = GreedyRound(removed=chosen, losses=losses)
+        history.append(record)
+        if on_round is not None:
+            on_round(record)
+    return history
