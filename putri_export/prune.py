@@ -101,7 +101,7 @@ class ResumeState:
 
 def state_key(model: PutriLlamaForCausalLM, calib: Calibration, settings: PruneSettings) -> str:
     ident = {"settings": asdict(settings), "calibration": calib.provenance(), "config": model.config.to_dict(),
-             "weights": float(sum(p.double().sum() for p in model.parameters()))}
+             "weights": float(sum(p.detach().double().sum() for p in model.parameters()))}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -272,9 +272,21 @@ def attention_stage(model: PutriLlamaForCausalLM, ids: torch.Tensor, rounds: int
     return masks, history
 
 
-def apply_attention_masks(model: PutriLlamaForCausalLM, masks: dict[int, ChannelMask], ids: torch.Tensor | None,
-                          refit: bool, settings: PruneSettings, progress: bool = True) -> list[dict]:
-    """Physically delete the masked head groups; with ``refit``, re-solve kept o_proj columns by least squares
+def masked_groups(model: PutriLlamaForCausalLM, masks: dict[int, ChannelMask]) -> dict[int, list[int]]:
+    """Remove the mask hooks; return the KV-head groups each layer lost."""
+    c = model.config
+    removed = {}
+    for l, mask in masks.items():
+        mask.remove()
+        kv, heads = c.num_key_value_heads_per_layer[l], c.num_attention_heads_per_layer[l]
+        width = heads // kv * c.head_dim
+        removed[l] = [g for g in range(kv) if not bool(mask.mask[g * width].item())]
+    return removed
+
+
+def remove_head_groups(model: PutriLlamaForCausalLM, removed: dict[int, list[int]], ids: torch.Tensor | None,
+                       refit: bool, settings: PruneSettings, progress: bool = True) -> list[dict]:
+    """Physically delete head groups; with ``refit``, re-solve the kept o_proj columns by least squares
     on the o_proj inputs of the already-pruned model (sequential, like stage 1)."""
     c = model.config
     log = []
@@ -282,25 +294,21 @@ def apply_attention_masks(model: PutriLlamaForCausalLM, masks: dict[int, Channel
     for l in tqdm(range(c.num_hidden_layers), desc="resizing attention" + (" + o_proj refit" if refit else ""),
                   unit="block", disable=not progress):
         layer = model.model.layers[l]
-        if l in masks:
-            mask = masks.pop(l)
-            mask.remove()
-            kv, heads = c.num_key_value_heads_per_layer[l], c.num_attention_heads_per_layer[l]
-            width = heads // kv * c.head_dim
-            keep_groups = [g for g in range(kv) if bool(mask.mask[g * width].item())]
-            if len(keep_groups) < kv:
-                columns = None
-                if refit and keep_groups:
-                    gram = FFNPruner(layer.self_attn.o_proj.weight)
-                    with input_hook(layer.self_attn.o_proj, gram.add_batch):
-                        run_attention(model, layer, hidden, settings.batch_size)
-                    kept_channels = torch.cat([_group_channels(model, l, g) for g in keep_groups])
-                    columns = least_squares_columns(layer.self_attn.o_proj.weight.data, gram.hessian,
-                                                    kept_channels, settings.update_damping)
-                keep_kv_groups(model, l, keep_groups)
-                if columns is not None:
-                    layer.self_attn.o_proj.weight.data.copy_(columns)
-                log.append({"layer": l, "kept_groups": keep_groups, "refit": columns is not None})
+        groups = removed.get(l, [])
+        if groups:
+            keep_groups = [g for g in range(c.num_key_value_heads_per_layer[l]) if g not in groups]
+            columns = None
+            if refit and keep_groups:
+                gram = FFNPruner(layer.self_attn.o_proj.weight)
+                with input_hook(layer.self_attn.o_proj, gram.add_batch):
+                    run_attention(model, layer, hidden, settings.batch_size)
+                kept_channels = torch.cat([_group_channels(model, l, g) for g in keep_groups])
+                columns = least_squares_columns(layer.self_attn.o_proj.weight.data, gram.hessian,
+                                                kept_channels, settings.update_damping)
+            keep_kv_groups(model, l, keep_groups)
+            if columns is not None:
+                layer.self_attn.o_proj.weight.data.copy_(columns)
+            log.append({"layer": l, "kept_groups": keep_groups, "refit": columns is not None})
         if refit:
             hidden = run_block(model, layer, hidden, settings.batch_size)
     return log
@@ -328,12 +336,19 @@ def _putri_or_2ssp(model, calib, settings, state, progress) -> dict:
     else:
         masks, rounds = attention_stage(model, attn_ids, budget.n_attn, 1, "layer", settings, state, progress)
         refit = False
-    attn_log = apply_attention_masks(model, masks, calib.ids, refit, settings, progress)
+    attn_log = remove_head_groups(model, masked_groups(model, masks), calib.ids, refit, settings, progress)
     return {"budget": asdict(budget), "ffn": ffn_log, "attention_rounds": rounds, "attention": attn_log}
 
 
 def _shortgpt(model, calib, settings, state, progress) -> dict:
     layers = model.model.layers
+    counts = param_counts(model)
+    target = round(settings.sparsity * counts.blocks)
+    smallest = min((li.block_params for li in counts.layers if li.block_params), default=0)
+    if settings.sparsity > 0 and 2 * target < smallest:
+        raise PutriError(f"sparsity {settings.sparsity} is below half a block (each block holds "
+                         f"{smallest / counts.blocks:.3f} of the block parameters): ShortGPT removes whole blocks; "
+                         "raise the sparsity or use another method")
     hidden = embed(model, calib.ids)
     influence = []
     for l in tqdm(range(len(layers)), desc="block influence", unit="block", disable=not progress):
@@ -343,13 +358,8 @@ def _shortgpt(model, calib, settings, state, progress) -> dict:
         influence.append(bi.value)
         hidden = out
     del hidden
-    counts = param_counts(model)
     units = [baselines.Unit("block", l, 0, counts.layers[l].block_params) for l in range(len(layers))]
-    target = round(settings.sparsity * counts.blocks)
     chosen = baselines.global_selection(units, torch.tensor(influence, dtype=torch.float64), target)
-    if settings.sparsity > 0 and not chosen:
-        raise PutriError(f"sparsity {settings.sparsity} is below half a block ({1 / len(layers):.3f} of the blocks "
-                         "each): ShortGPT removes whole blocks; raise the sparsity or use another method")
     for unit in chosen:
         keep_kv_groups(model, unit.layer, [])
         keep_ffn_neurons(model, unit.layer, [])
@@ -392,6 +402,8 @@ def _flap(model, calib, settings, state, progress) -> dict:
         units += [baselines.Unit("ffn", l, j, 3 * d) for j in range(channel.numel())]
     target = round(settings.sparsity * param_counts(model).blocks)
     chosen = baselines.global_selection(units, torch.cat(scores), target)
+    if not chosen:
+        return {"target_removed": target, "removed_groups": {}}
 
     # FLAP as published first (masks + compensation bias; a fully removed sub-block leaves its bias),
     # measured on the attention slice; then the saved form, which cannot hold a bias without its module.
