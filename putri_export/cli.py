@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = export.add_parser("onnx", help="ONNX decoder with per-layer KV cache (ONNX Runtime)")
     _add_export_arguments(p, "output folder", "ONNX Runtime")
-    p.add_argument("--quantize", default="none", choices=["none", "int8"])
+    p.add_argument("--quantize", default="none", choices=["none", "int8", "int4"])
     p.set_defaults(func=_cmd_export_onnx)
 
     p = sub.add_parser("verify", help="parity of an artifact with its PyTorch model (exit 1 outside tolerance)")

@@ -24,7 +24,7 @@ from .modeling_putri_llama import PutriLlamaForCausalLM
 
 LAYOUT_FILE = "putri_onnx.json"
 MODEL_FILE = "model.onnx"
-QUANTIZATIONS = ("none", "int8")
+QUANTIZATIONS = ("none", "int8", "int4")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                    "chat_template.jinja", "generation_config.json")
 
@@ -106,6 +106,9 @@ def write_onnx(model: PutriLlamaForCausalLM, tokenizer_dir: Path, out: Path, qua
             # Weights of the MatMuls only: ORT would otherwise rewrite the ONNX Attention op into an invalid QAttention.
             quantize_dynamic(tmp / "fp32.onnx", tmp / MODEL_FILE, weight_type=QuantType.QInt8, per_channel=True,
                              op_types_to_quantize=["MatMul"])
+        elif quantization == "int4":
+            _quantize_int4(tmp / "fp32.onnx", tmp / MODEL_FILE)
+        if quantization != "none":
             for f in tmp.glob("fp32.onnx*"):
                 f.unlink()
         for name in TOKENIZER_FILES:
@@ -113,6 +116,28 @@ def write_onnx(model: PutriLlamaForCausalLM, tokenizer_dir: Path, out: Path, qua
                 shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
         (tmp / LAYOUT_FILE).write_text(json.dumps(spec, indent=2) + "\n")
     return spec
+
+
+INT4_BLOCK = 32
+
+
+def _quantize_int4(src: Path, dst: Path) -> None:
+    """4-bit weight-only MatMulNBits (onnxruntime's CPU kernel), symmetric blocks of 32 along K.
+
+    accuracy_level 4 lets the CPU kernel compute with int8 activations (its fast path).
+    """
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    model = onnx.load(str(src))
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=INT4_BLOCK, is_symmetric=True, accuracy_level=4)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=True)
+    for f in dst.parent.glob(dst.name + "*"):
+        f.chmod(0o644)  # the quantizer writes its data file owner-only
 
 
 def _export_graph(model: PutriLlamaForCausalLM, path: Path, spec: dict, opset: int) -> None:

@@ -127,10 +127,13 @@ def _restore_ffn(model: PutriLlamaForCausalLM, layer_idx: int, tensors: dict[str
 
 
 def ffn_stage(model: PutriLlamaForCausalLM, ids: torch.Tensor, keep: list[int], settings: PruneSettings,
-              state: ResumeState, progress: bool = True) -> list[dict]:
+              state: ResumeState, progress: bool = True, dense_cache: dict | None = None) -> list[dict]:
     """Prune every FFN to ``keep[l]`` neurons, block by block."""
     sequential = settings.method == "putri"
     layers = model.model.layers
+    if not sequential and dense_cache is not None and "ffn_l2" in dense_cache:
+        return _ffn_from_norms(model, keep, dense_cache["ffn_l2"])
+    norms: list[torch.Tensor | None] = [None] * len(layers)
     done = state.meta.get("ffn_done", 0)
     log: list[dict] = state.meta.get("ffn_log", [])
     for l in range(done):
@@ -143,33 +146,44 @@ def ffn_stage(model: PutriLlamaForCausalLM, ids: torch.Tensor, keep: list[int], 
         width = model.config.intermediate_size_per_layer[l]
         h = run_attention(model, layer, hidden, bs)
         entry = {"layer": l, "width": width, "kept": min(keep[l], width)}
-        if layer.mlp is None or keep[l] >= width:
+        if layer.mlp is None or (sequential and keep[l] >= width):
             hidden = run_ffn(layer, h, bs)
-        elif keep[l] == 0 and sequential:
+        elif sequential and keep[l] == 0:
             keep_ffn_neurons(model, l, [])
             hidden = h
-        else:
-            if sequential:
-                collector = FFNPruner(layer.mlp.down_proj.weight)
-            else:
-                collector = baselines.ChannelStats(width)
-            with input_hook(layer.mlp.down_proj, collector.add_batch):
-                dense_out = run_ffn(layer, h, bs)
-            if sequential:
-                kept, columns, info = collector.prune(keep[l], settings.damping, settings.update,
-                                                      settings.update_damping)
-                entry.update(info)
-                keep_ffn_neurons(model, l, kept.tolist())
-                if len(kept):
-                    layer.mlp.down_proj.weight.data.copy_(columns)
+        elif sequential:
+            pruner = FFNPruner(layer.mlp.down_proj.weight)
+            with input_hook(layer.mlp.down_proj, pruner.add_batch):
+                run_ffn(layer, h, bs)
+            kept, columns, info = pruner.prune(keep[l], settings.damping, settings.update, settings.update_damping)
+            entry.update(info)
+            keep_ffn_neurons(model, l, kept.tolist())
+            if len(kept):
+                layer.mlp.down_proj.weight.data.copy_(columns)
+            hidden = run_ffn(layer, h, bs)  # the pruned block's output feeds the next block
+        else:  # 2SSP: every layer scored on the dense model's activations
+            stats = baselines.ChannelStats(width)
+            with input_hook(layer.mlp.down_proj, stats.add_batch):
                 hidden = run_ffn(layer, h, bs)
-            else:
-                kept = torch.sort(torch.topk(collector.l2_norm, keep[l]).indices).values
-                keep_ffn_neurons(model, l, kept.tolist())
-                hidden = dense_out  # 2SSP scores every layer on the dense model
+            norms[l] = stats.l2_norm
+            if keep[l] < width:
+                keep_ffn_neurons(model, l, torch.sort(torch.topk(norms[l], keep[l]).indices).values.tolist())
         del h
         log.append(entry)
         state.save({"hidden": {"hidden": hidden}, f"ffn{l}": _ffn_tensors(model, l)}, ffn_done=l + 1, ffn_log=log)
+    if not sequential and dense_cache is not None and done == 0:
+        dense_cache["ffn_l2"] = norms
+    return log
+
+
+def _ffn_from_norms(model: PutriLlamaForCausalLM, keep: list[int], norms: list[torch.Tensor | None]) -> list[dict]:
+    """2SSP's FFN step from activation norms already measured on the same dense model and calibration."""
+    log = []
+    for l, layer_norms in enumerate(norms):
+        width = model.config.intermediate_size_per_layer[l]
+        if layer_norms is not None and keep[l] < width:
+            keep_ffn_neurons(model, l, torch.sort(torch.topk(layer_norms, keep[l]).indices).values.tolist())
+        log.append({"layer": l, "width": width, "kept": min(keep[l], width)})
     return log
 
 
@@ -325,9 +339,9 @@ def _attn_slice(ids: torch.Tensor, settings: PruneSettings) -> torch.Tensor:
     return ids[rows, : settings.attn_len]
 
 
-def _putri_or_2ssp(model, calib, settings, state, progress) -> dict:
+def _putri_or_2ssp(model, calib, settings, state, progress, dense_cache) -> dict:
     budget = split_budget(model, settings.sparsity, settings.alpha)
-    ffn_log = ffn_stage(model, calib.ids, budget.ffn_keep, settings, state, progress)
+    ffn_log = ffn_stage(model, calib.ids, budget.ffn_keep, settings, state, progress, dense_cache)
     attn_ids = _attn_slice(calib.ids, settings)
     if settings.method == "putri":
         masks, rounds = attention_stage(model, attn_ids, budget.n_attn, budget.groups_per_layer, "group",
@@ -340,7 +354,7 @@ def _putri_or_2ssp(model, calib, settings, state, progress) -> dict:
     return {"budget": asdict(budget), "ffn": ffn_log, "attention_rounds": rounds, "attention": attn_log}
 
 
-def _shortgpt(model, calib, settings, state, progress) -> dict:
+def _shortgpt(model, calib, settings, state, progress, dense_cache) -> dict:
     layers = model.model.layers
     counts = param_counts(model)
     target = round(settings.sparsity * counts.blocks)
@@ -349,15 +363,19 @@ def _shortgpt(model, calib, settings, state, progress) -> dict:
         raise PutriError(f"sparsity {settings.sparsity} is below half a block (each block holds "
                          f"{smallest / counts.blocks:.3f} of the block parameters): ShortGPT removes whole blocks; "
                          "raise the sparsity or use another method")
-    hidden = embed(model, calib.ids)
-    influence = []
-    for l in tqdm(range(len(layers)), desc="block influence", unit="block", disable=not progress):
-        bi = baselines.BlockInfluence()
-        out = run_block(model, layers[l], hidden, settings.batch_size)
-        bi.add_batch(hidden, out)
-        influence.append(bi.value)
-        hidden = out
-    del hidden
+    influence = (dense_cache or {}).get("block_influence")
+    if influence is None:
+        hidden = embed(model, calib.ids)
+        influence = []
+        for l in tqdm(range(len(layers)), desc="block influence", unit="block", disable=not progress):
+            bi = baselines.BlockInfluence()
+            out = run_block(model, layers[l], hidden, settings.batch_size)
+            bi.add_batch(hidden, out)
+            influence.append(bi.value)
+            hidden = out
+        del hidden
+        if dense_cache is not None:
+            dense_cache["block_influence"] = influence
     units = [baselines.Unit("block", l, 0, counts.layers[l].block_params) for l in range(len(layers))]
     chosen = baselines.global_selection(units, torch.tensor(influence, dtype=torch.float64), target)
     for unit in chosen:
@@ -366,10 +384,9 @@ def _shortgpt(model, calib, settings, state, progress) -> dict:
     return {"block_influence": influence, "removed_blocks": sorted(u.layer for u in chosen), "target_removed": target}
 
 
-def _flap(model, calib, settings, state, progress) -> dict:
-    c = model.config
+def _fluctuation_stats(model, calib, settings, progress) -> tuple[dict, dict]:
+    """Per-channel mean/variance of every o_proj and down_proj input on the dense model."""
     layers = model.model.layers
-    d, hd = c.hidden_size, c.head_dim
     attn_stats, ffn_stats = {}, {}
     hidden = embed(model, calib.ids)
     for l in tqdm(range(len(layers)), desc="fluctuation statistics", unit="block", disable=not progress):
@@ -388,7 +405,17 @@ def _flap(model, calib, settings, state, progress) -> dict:
         finally:
             for h in hooks:
                 h.remove()
-    del hidden
+    return attn_stats, ffn_stats
+
+
+def _flap(model, calib, settings, state, progress, dense_cache) -> dict:
+    c = model.config
+    layers = model.model.layers
+    d, hd = c.hidden_size, c.head_dim
+    cached = (dense_cache or {}).get("flap_stats")
+    attn_stats, ffn_stats = cached if cached is not None else _fluctuation_stats(model, calib, settings, progress)
+    if dense_cache is not None:
+        dense_cache["flap_stats"] = (attn_stats, ffn_stats)
     units, scores = [], []
     for l, stats in attn_stats.items():
         kv, heads = c.num_key_value_heads_per_layer[l], c.num_attention_heads_per_layer[l]
@@ -451,8 +478,14 @@ _METHODS = {"putri": _putri_or_2ssp, "2ssp": _putri_or_2ssp, "shortgpt": _shortg
 
 
 def prune_model(model: PutriLlamaForCausalLM, calib: Calibration, settings: PruneSettings,
-                state_dir: Path | None = None, resume: bool = False, progress: bool = True) -> dict:
-    """Prune ``model`` in place; returns the report (without file/timing fields the caller adds)."""
+                state_dir: Path | None = None, resume: bool = False, progress: bool = True,
+                dense_cache: dict | None = None) -> dict:
+    """Prune ``model`` in place and return the report.
+
+    ``dense_cache``: a dict the caller passes again when pruning *the same dense model with the same
+    calibration* at other settings; statistics that depend only on the dense model (2SSP activation
+    norms, ShortGPT block influence, FLAP fluctuations) are measured once and reused.
+    """
     settings.check()
     start = time.perf_counter()
     dense = param_counts(model)
@@ -462,7 +495,7 @@ def prune_model(model: PutriLlamaForCausalLM, calib: Calibration, settings: Prun
         state.clear()
     model.eval()
     with torch.no_grad():
-        details = _METHODS[settings.method](model, calib, settings, state, progress)
+        details = _METHODS[settings.method](model, calib, settings, state, progress, dense_cache)
     state.clear()
     c = model.config
     return {

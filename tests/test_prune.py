@@ -123,6 +123,20 @@ def test_every_method_prunes_saves_reloads_and_generates(stories_dir, stories, c
     assert torch.isfinite(_logits(model, ids)).all()
 
 
+@pytest.mark.parametrize("method", ["2ssp", "shortgpt", "flap"])
+def test_dense_statistics_cache_gives_the_same_model(stories_dir, calib, method):
+    cache: dict = {}
+    prune_model(fresh_stories(stories_dir), calib, PruneSettings(method=method, sparsity=0.3), progress=False,
+                dense_cache=cache)
+    assert cache
+    fresh, cached = fresh_stories(stories_dir), fresh_stories(stories_dir)
+    prune_model(fresh, calib, PruneSettings(method=method, sparsity=0.6), progress=False)
+    prune_model(cached, calib, PruneSettings(method=method, sparsity=0.6), progress=False, dense_cache=cache)
+    assert fresh.config.to_dict() == cached.config.to_dict()
+    for (name, a), (_, b) in zip(fresh.state_dict().items(), cached.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
 def test_putri_beats_unpruned_slicing_on_held_out_text(stories_dir, calib, tinystories_ids):
     """The least-squares update must help: same kept neurons, with vs without update."""
     from putri_export.evaluate import perplexity, torch_logits_fn
@@ -147,6 +161,23 @@ def test_flap_bias_survives_save_and_reload(stories_dir, calib, tmp_path):
     reloaded, _ = load_model(tmp_path / "flap")
     assert reloaded.config.output_projection_bias
     assert torch.equal(_logits(model, calib.ids[:2]), _logits(reloaded, calib.ids[:2]))
+
+
+def test_flap_model_exports_with_its_biases(stories_dir, calib, tmp_path):
+    from putri_export.export_gguf import write_gguf
+    from putri_export.export_onnx import write_onnx
+    from putri_export.model import save_checkpoint
+    from putri_export.verify import verify_gguf, verify_onnx
+
+    model = fresh_stories(stories_dir)
+    prune_model(model, calib, PruneSettings(method="flap", sparsity=0.5), progress=False)
+    folder = save_checkpoint(model, load_model(stories_dir)[1], tmp_path / "flap", source_dir=stories_dir)
+    with torch.no_grad():
+        write_gguf(model, folder, tmp_path / "flap.gguf", "f32")
+    write_onnx(model, folder, tmp_path / "flap-onnx")
+    for report in (verify_gguf(tmp_path / "flap.gguf", folder, data="tinystories", max_windows=2, progress=False),
+                   verify_onnx(tmp_path / "flap-onnx", folder, data="tinystories", max_windows=2, progress=False)):
+        assert report.passed and report.max_abs_logit_diff <= 1e-4 * report.max_abs_logit, report.summary()
 
 
 def test_interrupted_putri_resumes_to_the_same_model(stories_dir, calib, tmp_path, monkeypatch):

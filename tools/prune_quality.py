@@ -50,6 +50,7 @@ def _evaluate(model, eval_ids: dict, args) -> dict:
 
 def run_cells(args, eval_ids: dict, cells: Path) -> None:
     todo = [("dense", 0.0)] + [(m, s) for s in args.sparsities for m in args.methods]
+    dense_cache: dict = {}  # dense-model statistics shared by the cells (same model, same calibration)
     for method, sparsity in todo:
         path = cells / f"{method}-{sparsity:.2f}.json"
         if path.exists():
@@ -61,7 +62,7 @@ def run_cells(args, eval_ids: dict, cells: Path) -> None:
         if method != "dense":
             calib = load_calibration(tokenizer, args.calib, args.calib_samples, args.calib_len)
             report = prune_model(model, calib, _settings(args, method, sparsity),
-                                 state_dir=args.out / "state" / path.stem, resume=True)
+                                 state_dir=args.out / "state" / path.stem, resume=True, dense_cache=dense_cache)
             record.update({k: report[k] for k in ("sparsity_blocks", "sparsity_total", "params_blocks",
                                                   "params_total", "prune_seconds", "widths")})
         else:
