@@ -169,7 +169,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     _refuse_existing(out, args.overwrite)
     settings = PruneSettings(
         method=args.method, sparsity=args.sparsity, alpha=args.alpha, damping=args.damping,
-        update=not args.no_update, update_damping=args.update_damping, o_refit=args.o_refit,
+        update=not args.no_update, update_damping=args.update_damping, o_refit=not args.no_o_refit,
         attn_samples=args.attn_samples, attn_len=args.attn_len, batch_size=args.batch_size)
     settings.check()
     if args.threads:
@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--damping", type=float, default=1e-2, help="relative Hessian damping for OBS scores")
     p.add_argument("--update-damping", type=float, default=0.0, help="relative ridge in the least-squares updates")
     p.add_argument("--no-update", action="store_true", help="Putri without the down_proj least-squares update")
-    p.add_argument("--o-refit", action="store_true", help="least-squares refit of kept o_proj columns")
+    p.add_argument("--no-o-refit", action="store_true",
+                   help="skip Putri's least-squares refit of the kept o_proj columns (on by default)")
     p.add_argument("--attn-samples", type=int, default=2, help="calibration samples scoring attention removals")
     p.add_argument("--attn-len", type=int, default=256, help="their first tokens")
     p.add_argument("--batch-size", type=int, default=8)

@@ -36,7 +36,7 @@ EVAL = {"wikitext2": "wikitext2:test", "tinystories": "tinystories:validation"}
 
 
 def _settings(args, method: str, sparsity: float) -> PruneSettings:
-    return PruneSettings(method=method, sparsity=sparsity, o_refit=args.o_refit, attn_samples=args.attn_samples,
+    return PruneSettings(method=method, sparsity=sparsity, o_refit=not args.no_o_refit, attn_samples=args.attn_samples,
                          attn_len=args.attn_len)
 
 
@@ -100,7 +100,8 @@ def write_table(args, cells: Path, command: str) -> None:
              f"Command: `{command}`", "",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}. "
              f"Calibration: `{args.calib}`, {args.calib_samples} x {args.calib_len} tokens (first windows of each "
-             f"corpus, split evenly); attention scored on {args.attn_samples} x {args.attn_len} tokens. "
+             f"corpus, split evenly); attention scored on {args.attn_samples} x {args.attn_len} tokens; "
+             f"Putri o_proj refit {'off' if args.no_o_refit else 'on'}. "
              f"Evaluation: WikiText-2 raw test and TinyStories validation, the first {args.eval_windows} "
              f"non-overlapping {args.seq_len}-token windows each. Sparsity = fraction of block parameters "
              "removed (target; achieved in the CSV).", ""]
@@ -191,7 +192,7 @@ def main() -> None:
     p.add_argument("--calib-len", type=int, default=512)
     p.add_argument("--attn-samples", type=int, default=2)
     p.add_argument("--attn-len", type=int, default=256)
-    p.add_argument("--o-refit", action="store_true")
+    p.add_argument("--no-o-refit", action="store_true")
     p.add_argument("--eval-windows", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--threads", type=int, default=None)
