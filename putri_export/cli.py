@@ -195,6 +195,44 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _depths(args: argparse.Namespace) -> list[int]:
+    try:
+        depths = [int(d) for d in args.depths.split(",") if d.strip()]
+    except ValueError:
+        raise PutriError(f"--depths takes comma-separated integers, got {args.depths!r}") from None
+    if args.max_depth is not None:
+        depths, d = [0], 512
+        while d <= args.max_depth:
+            depths.append(d)
+            d *= 2
+    return depths
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench_suite import run_sweep
+
+    out = Path(args.out)
+    try:
+        report = run_sweep(args.models, args.backend, args.threads, args.prompt_tokens, args.gen_tokens,
+                           _depths(args), args.repeats, out, device_label=args.device_label)
+    except KeyboardInterrupt:
+        print(f"putri-export: interrupted; finished measurements are in {out}", file=sys.stderr)
+        return 130
+    print((out / "bench.md").read_text())
+    print(f"{out}: bench.json, bench.csv, bench.md, bench.png ({len(report['results'])} configurations)")
+    return 0
+
+
+def _cmd_bench_merge(args: argparse.Namespace) -> int:
+    from .bench_suite import merge
+
+    for path in args.reports:
+        if not Path(path).is_file():
+            raise PutriError(f"no such report: {path}")
+    print(merge([Path(p) for p in args.reports], Path(args.out)))
+    return 0
+
+
 def _add_export_arguments(p: argparse.ArgumentParser, out_help: str, runtime: str) -> None:
     """What every exporter takes: source, output, and the verification that gates the rename."""
     p.add_argument("model", help="HF model folder (pruned or dense) or smollm2-135m")
@@ -273,6 +311,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     p.set_defaults(func=_cmd_verify)
 
+    p = sub.add_parser("bench", help="llama-bench-style prefill/decode speed, TTFT, memory at context depths")
+    p.add_argument("models", nargs="+", help="artifacts to compare, the reference (dense) first: .gguf files "
+                   "(llama.cpp), ONNX folders (onnxruntime) or HF folders (torch)")
+    p.add_argument("--backend", required=True, help="llama.cpp, onnxruntime or torch")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--gen-tokens", type=int, default=64)
+    p.add_argument("--depths", default="0,512,2048", help="comma-separated context depths")
+    p.add_argument("--max-depth", type=int, help="sweep 0, 512, 1024, ... up to this depth instead of --depths")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device-label", help="tag for results from another machine (default: host name)")
+    p.add_argument("--out", required=True, help="output folder (bench.json/.csv/.md/.png)")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("bench-merge", help="merge bench.json files (e.g. from devices) into one Markdown report")
+    p.add_argument("reports", nargs="+")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_bench_merge)
+
     p = sub.add_parser("serve", help="llama-cpp-python's OpenAI-compatible server for a GGUF")
     p.add_argument("gguf")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
@@ -285,8 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quiet_libraries() -> None:
     """Our own progress bars and messages only; library chatter hides the one line that matters."""
-    import datasets
-    import transformers
+    try:
+        import datasets
+        import transformers
+    except ImportError:  # benchmark-only install on a device
+        return
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()

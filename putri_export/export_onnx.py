@@ -77,6 +77,7 @@ def layout(model: PutriLlamaForCausalLM, quantization: str) -> dict:
         "num_hidden_layers": c.num_hidden_layers,
         "head_dim": c.head_dim,
         "vocab_size": c.vocab_size,
+        "max_position_embeddings": c.max_position_embeddings,
         "num_attention_heads_per_layer": list(c.num_attention_heads_per_layer),
         "num_key_value_heads_per_layer": list(c.num_key_value_heads_per_layer),
         "intermediate_size_per_layer": list(c.intermediate_size_per_layer),

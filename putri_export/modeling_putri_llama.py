@@ -130,4 +130,4 @@ class PutriLlamaForCausalLM(PutriLlamaPreTrainedModel, LlamaForCausalLM):
 PutriLlamaConfig.register_for_auto_class()
 PutriLlamaForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
-__all__ = ["PutriLlamaForCausalLM", "PutriLlamaModel", "PutriLlamaPreTrainedModel", "PutriLlamaDecoderLayer"]
+__all__ = ["PutriLlamaDecoderLayer", "PutriLlamaForCausalLM", "PutriLlamaModel", "PutriLlamaPreTrainedModel"]

@@ -23,8 +23,16 @@ from tqdm.auto import tqdm
 
 from . import baselines
 from .budget import achieved, check_sparsity, split_budget
-from .calibration import (Calibration, ChannelMask, embed, input_hook, lm_loss, run_attention, run_block,
-                          run_ffn)
+from .calibration import (
+    Calibration,
+    ChannelMask,
+    embed,
+    input_hook,
+    lm_loss,
+    run_attention,
+    run_block,
+    run_ffn,
+)
 from .errors import PutriError
 from .model import PutriLlamaForCausalLM, keep_ffn_neurons, keep_kv_groups, param_counts
 from .modeling_putri_llama import add_output_bias
@@ -458,7 +466,7 @@ def _flap(model, calib, settings, state, progress, dense_cache) -> dict:
     attn_ids = _attn_slice(calib.ids, settings)
     loss_with_all_biases = SliceEvaluator(model, attn_ids, {}, settings.batch_size).loss()
     dropped = {"attn_layers": [], "ffn_layers": []}
-    for key, mask in masks.items():
+    for mask in masks.values():
         mask.remove()
     for l, groups in removed_attn.items():
         kv = c.num_key_value_heads_per_layer[l]

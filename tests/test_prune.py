@@ -6,17 +6,22 @@ import json
 
 import pytest
 import torch
+from conftest import fresh_stories
+from test_cli import assert_one_clear_error, run_cli
 
 from putri_export.budget import split_budget
-from putri_export.calibration import (ChannelMask, block_kwargs, embed, load_calibration, lm_loss,
-                                      run_block)
+from putri_export.calibration import (
+    ChannelMask,
+    block_kwargs,
+    embed,
+    lm_loss,
+    load_calibration,
+    run_block,
+)
 from putri_export.cli import main
 from putri_export.errors import PutriError
 from putri_export.model import keep_kv_groups, load_model, param_counts
 from putri_export.prune import PruneSettings, SliceEvaluator, prune_model
-
-from conftest import fresh_stories
-from test_cli import assert_one_clear_error, run_cli
 
 CALIB = "tinystories:train"
 SAMPLES, LENGTH = 8, 128

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from putri_export import baselines
-from putri_export.putri import FFNPruner, damped, greedy_removal, least_squares_columns, obs_scores
+from putri_export.putri import (
+    FFNPruner,
+    damped,
+    greedy_removal,
+    least_squares_columns,
+    obs_scores,
+)
 
 
 def _gram(z: torch.Tensor) -> torch.Tensor:
@@ -77,7 +83,7 @@ def test_ffn_pruner_keeps_the_salient_neurons_and_updates():
     for chunk in z.split(100):
         pruner.add_batch(chunk)
     assert pruner.tokens == 400
-    keep, columns, info = pruner.prune(2, damping=1e-6)
+    keep, columns, _ = pruner.prune(2, damping=1e-6)
     assert keep.tolist() in ([0, 1], [1, 3])  # drop the silent one and one of the twins
     err_updated = (z[:, keep] @ columns.T - z @ w.T).pow(2).mean()
     err_sliced = (z[:, keep] @ w[:, keep].T - z @ w.T).pow(2).mean()

@@ -24,13 +24,22 @@ from pathlib import Path
 
 import torch
 
+from putri_export.budget import split_budget
 from putri_export.calibration import load_calibration
 from putri_export.data import load_corpus
 from putri_export.evaluate import perplexity, tokenize_corpus, torch_logits_fn
 from putri_export.model import load_model, param_counts
-from putri_export.prune import (METHODS, PruneSettings, ResumeState, attention_stage, ffn_stage, masked_groups,
-                                prune_model, remove_head_groups, _attn_slice)
-from putri_export.budget import split_budget
+from putri_export.prune import (
+    METHODS,
+    PruneSettings,
+    ResumeState,
+    _attn_slice,
+    attention_stage,
+    ffn_stage,
+    masked_groups,
+    prune_model,
+    remove_head_groups,
+)
 
 EVAL = {"wikitext2": "wikitext2:test", "tinystories": "tinystories:validation"}
 
