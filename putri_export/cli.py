@@ -195,6 +195,67 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise PutriError(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    import torch
+
+    from .assets import cache_dir, resolve_model
+    from .calibration import load_calibration
+    from .model import load_model, save_checkpoint
+    from .search import SearchSettings, search_and_prune
+
+    out = Path(args.out)
+    _refuse_existing(out, args.overwrite)
+    if args.widths is None and args.sparsity is None:
+        raise PutriError("give --sparsity (to search a distribution) or --widths FILE (to prune to a given one)")
+    settings = SearchSettings(
+        sparsity=args.sparsity if args.sparsity is not None else 0.0, alpha=args.alpha, iterations=args.iterations,
+        step=args.step, levels=args.levels, generations=args.generations, offspring=args.offspring,
+        stage_samples=_int_list(args.stage_samples, "--stage-samples"),
+        stage_keep=_int_list(args.stage_keep, "--stage-keep"), max_shifts=args.max_shifts, top_k=args.top_k,
+        propagation=args.propagation, damping=args.damping, batch_size=args.batch_size, seed=args.seed)
+    settings.check(args.calib_samples)
+    if args.widths is not None and not Path(args.widths).is_file():
+        raise PutriError(f"widths file not found: {args.widths}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    resolved = resolve_model(args.model)
+    model, tokenizer = load_model(args.model)
+    calib = load_calibration(tokenizer, args.calib, args.calib_samples, args.calib_len)
+    import hashlib
+    work_dir = Path(args.work_dir) if args.work_dir else (
+        cache_dir() / "search" / hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16])
+    try:
+        report, plots = search_and_prune(model, calib, settings, work_dir, resume=args.resume,
+                                         widths_file=Path(args.widths) if args.widths else None)
+    except KeyboardInterrupt:
+        print(f"putri-export: interrupted; nothing written to {out}. Finished iterations are kept in {work_dir}: "
+              "rerun the same command with --resume to continue", file=sys.stderr)
+        return 130
+    report["source_model"] = str(args.model)
+    report["threads"] = torch.get_num_threads()
+    widths = json.dumps({"widths": report["widths"]}, indent=2) + "\n"
+    save_checkpoint(model, tokenizer, out, source_dir=resolved.path, overwrite=args.overwrite,
+                    extra_files={"search_report.json": json.dumps(report, indent=2) + "\n", "widths.json": widths,
+                                 **plots})
+    print(f"{out}: {report['method']}: blocks {report['params_blocks']:,} / {report['dense_params_blocks']:,} "
+          f"(achieved {report['sparsity_blocks']:.4f}), total {report['params_total']:,}; "
+          f"{report['seconds']:.1f} s, peak RSS {report['peak_rss_mb']:.0f} MB")
+    if "final_kl" in report:
+        it = report["iterations"]
+        kl = report["final_kl"]
+        print(f"KL to dense on {kl['tokens']} calibration tokens: uniform {it[0]['start_fitness']:.4f} -> searched "
+              f"{kl['kl']:.4f} ({kl['chosen']}; re-pruned at the widths {kl['repruned_at_widths']:.4f})")
+    return 0
+
+
 def _depths(args: argparse.Namespace) -> list[int]:
     try:
         depths = [int(d) for d in args.depths.split(",") if d.strip()]
@@ -289,6 +350,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_cmd_prune)
+
+    p = sub.add_parser("search", help="Týr-style search of per-layer widths, then Putri pruning to them")
+    p.add_argument("model", help="HF folder, .gguf file, or built-in name (smollm2-135m)")
+    p.add_argument("--sparsity", type=float, help="fraction of block parameters to remove, [0, 1)")
+    p.add_argument("--widths", help="prune to this per-layer distribution (JSON) instead of searching")
+    p.add_argument("--calib", default="wikitext2:valid,tinystories:train",
+                   help="calibration data (comma-separated specs, split evenly); never evaluate on it")
+    p.add_argument("--calib-samples", type=int, default=16, help="calibration windows N (supernet and pruning)")
+    p.add_argument("--calib-len", type=int, default=512, help="tokens per calibration window T")
+    p.add_argument("--out", required=True, help="output checkpoint folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--resume", action="store_true", help="continue from the last finished iteration")
+    p.add_argument("--work-dir", help="supernet variants and search state (default: under the cache)")
+    p.add_argument("--iterations", type=int, default=3, help="coarse-to-fine iterations (step halves each)")
+    p.add_argument("--step", type=float, default=0.125, help="first level spacing, fraction of a sub-layer")
+    p.add_argument("--levels", type=int, default=9, help="levels per sub-layer")
+    p.add_argument("--generations", type=int, default=20, help="generations per iteration")
+    p.add_argument("--offspring", type=int, default=16, help="offspring per generation")
+    p.add_argument("--stage-samples", default="1,4", help="calibration windows per selection stage")
+    p.add_argument("--stage-keep", default="4,1", help="survivors per selection stage (ends with 1)")
+    p.add_argument("--max-shifts", type=int, default=4, help="level shifts per mutation")
+    p.add_argument("--top-k", type=int, default=256, help="dense next-token probabilities kept for the KL")
+    p.add_argument("--propagation", default="expectation", choices=["expectation", "centre"],
+                   help="what feeds the next block while building the supernet")
+    p.add_argument("--alpha", type=float, default=1.5, help="attention/FFN budget split (kept by the search)")
+    p.add_argument("--damping", type=float, default=1e-2)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_cmd_search)
 
     export = sub.add_parser("export", help="write a deployable artifact").add_subparsers(dest="format", required=True)
     p = export.add_parser("gguf", help="GGUF (llama.cpp 'deci' architecture, per-layer widths)")

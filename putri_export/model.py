@@ -283,8 +283,8 @@ TOKENIZER_SIDECARS = ("tokenizer.model",)
 
 def save_checkpoint(model: PutriLlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, out: Path,
                     source_dir: Path | None = None, overwrite: bool = False,
-                    extra_files: dict[str, str] | None = None) -> Path:
-    """Save model + tokenizer (+ the source's SentencePiece model, + text files) to ``out`` atomically."""
+                    extra_files: dict[str, str | bytes] | None = None) -> Path:
+    """Save model + tokenizer (+ the source's SentencePiece model, + report files) to ``out`` atomically."""
     import shutil
 
     from .atomic import staged
@@ -298,6 +298,9 @@ def save_checkpoint(model: PutriLlamaForCausalLM, tokenizer: PreTrainedTokenizer
         for name in TOKENIZER_SIDECARS:
             if source_dir is not None and (Path(source_dir) / name).is_file() and not (tmp / name).exists():
                 shutil.copy2(Path(source_dir) / name, tmp / name)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
+        for name, content in (extra_files or {}).items():
+            if isinstance(content, bytes):
+                (tmp / name).write_bytes(content)
+            else:
+                (tmp / name).write_text(content)
     return out

@@ -125,3 +125,38 @@ def greedy_removal(candidates: Sequence[Hashable], trial_loss: Callable[[Hashabl
         if on_round is not None:
             on_round(record)
     return history
+
+
+def refit_error(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor, damping: float = 1e-6) -> float:
+    """Output error ``sum ||W z - W' z_K||^2`` left after the least-squares refit of the kept channels K:
+    ``tr(W H W^T) - tr(M^T H[K,K]^-1 M)`` with ``M = H[K, :] W^T``."""
+    w = weight.double()
+    h = hessian.double()
+    total = float(((w @ h) * w).sum())
+    if keep.numel() == 0:
+        return total
+    m = h[keep] @ w.T
+    factor, _ = _cholesky_with_retry(h[keep][:, keep], damping)
+    return total - float((m * torch.cholesky_solve(m, factor)).sum())
+
+
+def group_removal_order(weight: torch.Tensor, hessian: torch.Tensor, groups: Sequence[torch.Tensor],
+                        damping: float = 1e-6) -> list[int]:
+    """Order in which to drop input-channel groups of ``y = W z`` (e.g. KV-head groups at o_proj).
+
+    Greedy and nested: each step drops the remaining group whose removal leaves the smallest
+    output error after the least-squares refit of the others (``refit_error``). Keeping the
+    first ``k`` groups of the reversed order is the local choice for any ``k``.
+    """
+    remaining = list(range(len(groups)))
+    order = []
+    while remaining:
+        def error_without(g):
+            kept = [groups[i] for i in remaining if i != g]
+            keep = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long)
+            return refit_error(weight, hessian, keep, damping)
+
+        best = min(remaining, key=lambda g: (error_without(g), g))
+        order.append(best)
+        remaining.remove(best)
+    return order
