@@ -50,7 +50,7 @@ def check_arguments(models: list[str], backend: str, depths: list[int], prompt_t
 
 def run_sweep(models: list[str], backend: str, threads: int, prompt_tokens: int, gen_tokens: int,
               depths: list[int], repeats: int, out: Path, device_label: str | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, command: str | None = None) -> dict:
     """Measure every (model, depth); results are written after each one, so Ctrl-C keeps what finished."""
     facts = check_arguments(models, backend, depths, prompt_tokens, gen_tokens, repeats, threads)
     out = Path(out)
@@ -59,7 +59,7 @@ def run_sweep(models: list[str], backend: str, threads: int, prompt_tokens: int,
               "depths": depths, "repeats": repeats, "device_label": device_label or platform.node(),
               "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                           "cpus": __import__("os").cpu_count()},
-              "started": time.strftime("%Y-%m-%d %H:%M:%S"), "models": [], "results": []}
+              "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command, "models": [], "results": []}
     for m, f in zip(models, facts):
         kv_tok = kv_bytes_per_token(f["kv_heads"], f["head_dim"], KV_DTYPE_BYTES[backend])
         report["models"].append({"model": str(m), **f, "kv_bytes_per_token": kv_tok,
@@ -137,6 +137,7 @@ def markdown(report: dict) -> str:
              f"{report['machine']['platform']}, {report['machine']['cpus']} CPUs; {report['threads']} threads; "
              f"prompt {report['prompt_tokens']} tokens, {report['gen_tokens']} generated, {report['repeats']} "
              f"repeats after 1 warm-up, each configuration in a fresh process. Medians ± sd.", "",
+             *([f"Command: `{report['command']}`", ""] if report.get("command") else []),
              "| model | file MB | KV B/token | depth | TTFT s | prefill tok/s | decode tok/s | peak RSS MB | load s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     models = {m["model"]: m for m in report["models"]}

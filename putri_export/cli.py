@@ -256,6 +256,35 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import Recipe, run_pipeline
+
+    flags = {"model": args.model, "sparsity": args.sparsity, "search": args.search or None,
+             "formats": args.formats.split(",") if args.formats else None,
+             "gguf_types": args.gguf_types.split(",") if args.gguf_types else None,
+             "onnx_quantize": args.onnx_quantize.split(",") if args.onnx_quantize else None,
+             "calib": args.calib, "calib_samples": args.calib_samples, "calib_len": args.calib_len,
+             "eval_windows": args.eval_windows, "bench": False if args.no_bench else None,
+             "bench_depths": list(_int_list(args.bench_depths, "--bench-depths")) if args.bench_depths else None,
+             "bench_repeats": args.bench_repeats, "threads": args.threads}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if args.recipe:
+        recipe = Recipe.from_file(Path(args.recipe), flags)
+    else:
+        if "model" not in flags or "sparsity" not in flags:
+            raise PutriError("give MODEL and --sparsity, or --recipe FILE")
+        recipe = Recipe(**flags)
+    out = Path(args.out)
+    try:
+        run_pipeline(recipe, out, overwrite=args.overwrite, resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"putri-export: interrupted; nothing written to {out}. Finished steps are kept beside it: rerun the "
+              "same command with --resume to continue", file=sys.stderr)
+        return 130
+    print((out / "report.md").read_text())
+    return 0
+
+
 def _depths(args: argparse.Namespace) -> list[int]:
     try:
         depths = [int(d) for d in args.depths.split(",") if d.strip()]
@@ -275,7 +304,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         report = run_sweep(args.models, args.backend, args.threads, args.prompt_tokens, args.gen_tokens,
-                           _depths(args), args.repeats, out, device_label=args.device_label)
+                           _depths(args), args.repeats, out, device_label=args.device_label,
+                           command="putri-export " + " ".join(sys.argv[1:]))
     except KeyboardInterrupt:
         print(f"putri-export: interrupted; finished measurements are in {out}", file=sys.stderr)
         return 130
@@ -350,6 +380,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_cmd_prune)
+
+    p = sub.add_parser("run", help="prune → export → verify → evaluate → benchmark, with report.md")
+    p.add_argument("model", nargs="?", help="HF folder or built-in name (smollm2-135m)")
+    p.add_argument("--sparsity", type=float, help="fraction of block parameters to remove, [0, 1)")
+    p.add_argument("--recipe", help="JSON or YAML file of settings (flags given here win)")
+    p.add_argument("--search", action="store_true", help="Týr-style search of per-layer widths before pruning")
+    p.add_argument("--formats", help="comma-separated: gguf,onnx (default both)")
+    p.add_argument("--gguf-types", help="comma-separated GGUF types (default q8_0)")
+    p.add_argument("--onnx-quantize", help="comma-separated: none,int8,int4 (default none,int8)")
+    p.add_argument("--calib", help="calibration data (default wikitext2:valid,tinystories:train)")
+    p.add_argument("--calib-samples", type=int)
+    p.add_argument("--calib-len", type=int)
+    p.add_argument("--eval-windows", type=int, help="perplexity windows of 512 tokens per corpus (default 8)")
+    p.add_argument("--bench-depths", help="context depths for the benchmark (default 0,512)")
+    p.add_argument("--bench-repeats", type=int)
+    p.add_argument("--no-bench", action="store_true")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--out", required=True, help="output folder (report.md, model/, artifacts/, bench/)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished step")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("search", help="Týr-style search of per-layer widths, then Putri pruning to them")
     p.add_argument("model", help="HF folder, .gguf file, or built-in name (smollm2-135m)")

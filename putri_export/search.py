@@ -411,7 +411,8 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def plot_widths(dense: list[dict], uniform: list[dict], searched: list[dict]) -> bytes:
+def plot_widths(dense: list[dict], uniform: list[dict], searched: list[dict],
+                labels: tuple[str, str] = ("uniform (Putri split)", "searched")) -> bytes:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -420,8 +421,8 @@ def plot_widths(dense: list[dict], uniform: list[dict], searched: list[dict]) ->
     layers = [w["layer"] for w in dense]
     for ax, key, title in ((axes[0], "kv_heads", "attention (KV-head groups kept)"), (axes[1], "ffn", "FFN neurons kept")):
         frac = lambda ws: [w[key] / d[key] if d[key] else 0 for w, d in zip(ws, dense)]  # noqa: E731
-        ax.plot(layers, frac(uniform), "o--", label="uniform (Putri split)")
-        ax.plot(layers, frac(searched), "s-", label="searched")
+        ax.plot(layers, frac(uniform), "o--", label=labels[0])
+        ax.plot(layers, frac(searched), "s-", label=labels[1])
         ax.set_ylabel("kept fraction")
         ax.set_ylim(-0.05, 1.05)
         ax.set_title(title)

@@ -78,8 +78,14 @@ def test_batched_padded_prefill_matches_torch(exported, tinystories_ids):
 
 
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_int8_perplexity_within_3_percent(exported, name):
+def test_int8_is_weight_only_matmulnbits_within_3_percent(exported, name):
+    import onnx
+
     folder, files = exported[name]
+    graph = onnx.load(str(files["int8"] / "model.onnx"), load_external_data=False).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert nbits and all(next(a.i for a in n.attribute if a.name == "bits") == 8 for n in nbits)
+    assert not any(n.op_type in ("DynamicQuantizeLinear", "MatMulInteger") for n in graph.node)
     report = verify_onnx(files["int8"], folder, data="tinystories", max_windows=4, progress=False)
     assert abs(report.ppl_rel_diff) <= 0.03, report.summary()
 
