@@ -461,13 +461,16 @@ def _assemble(result: SearchResult, subs: list[SubLayer]) -> list[dict] | None:
     if result.bank is None or not result.bank.dir.is_dir() or result.config != tuple(result.report["iterations"][-1]["best"]):
         return None
     out = []
-    for l in range(len(subs) // 2):
-        layer = {}
-        for kind, name in (("attn", "self_attn"), ("ffn", "mlp")):
-            module = result.bank.module(kind, l, result.config[2 * l + (kind == "ffn")])
-            if module is not None:
-                layer[name] = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        out.append(layer)
+    try:
+        for l in range(len(subs) // 2):
+            layer = {}
+            for kind, name in (("attn", "self_attn"), ("ffn", "mlp")):
+                module = result.bank.module(kind, l, result.config[2 * l + (kind == "ffn")])
+                if module is not None:
+                    layer[name] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            out.append(layer)
+    except FileNotFoundError:  # a resumed run whose last supernet was cleaned away: re-pruning only
+        return None
     return out
 
 
