@@ -324,6 +324,18 @@ def _cmd_bench_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_pruning_io_arguments(p: argparse.ArgumentParser, calib_samples: int, resume_help: str) -> None:
+    """What prune and search both take: the model, calibration, and where the checkpoint goes."""
+    p.add_argument("model", help="HF folder, .gguf file, or built-in name (smollm2-135m)")
+    p.add_argument("--calib", default="wikitext2:valid,tinystories:train",
+                   help="calibration data (comma-separated specs, split evenly); never evaluate on it")
+    p.add_argument("--calib-samples", type=int, default=calib_samples, help="calibration windows N")
+    p.add_argument("--calib-len", type=int, default=512, help="tokens per calibration window T")
+    p.add_argument("--out", required=True, help="output checkpoint folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--resume", action="store_true", help=resume_help)
+
+
 def _add_export_arguments(p: argparse.ArgumentParser, out_help: str, runtime: str) -> None:
     """What every exporter takes: source, output, and the verification that gates the rename."""
     p.add_argument("model", help="HF model folder (pruned or dense) or smollm2-135m")
@@ -358,16 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("prune", help="structured pruning to a smaller per-layer-width checkpoint")
-    p.add_argument("model", help="HF folder, .gguf file, or built-in name (smollm2-135m)")
+    _add_pruning_io_arguments(p, calib_samples=64, resume_help="continue an interrupted run from its last finished block")
     p.add_argument("--sparsity", type=float, required=True, help="fraction of block parameters to remove, [0, 1)")
     p.add_argument("--method", default="putri", choices=["putri", "2ssp", "shortgpt", "flap"])
-    p.add_argument("--calib", default="wikitext2:valid,tinystories:train",
-                   help="calibration data (comma-separated specs, split evenly); never evaluate on it")
-    p.add_argument("--calib-samples", type=int, default=64, help="calibration windows N")
-    p.add_argument("--calib-len", type=int, default=512, help="tokens per calibration window T")
-    p.add_argument("--out", required=True, help="output checkpoint folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished block")
     p.add_argument("--state-dir", help="where progress is kept for --resume (default: under the cache)")
     p.add_argument("--alpha", type=float, default=1.5, help="attention/FFN budget split (2SSP/Putri)")
     p.add_argument("--damping", type=float, default=1e-2, help="relative Hessian damping for OBS scores")
@@ -403,16 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("search", help="Týr-style search of per-layer widths, then Putri pruning to them")
-    p.add_argument("model", help="HF folder, .gguf file, or built-in name (smollm2-135m)")
+    _add_pruning_io_arguments(p, calib_samples=16, resume_help="continue from the last finished iteration")
     p.add_argument("--sparsity", type=float, help="fraction of block parameters to remove, [0, 1)")
     p.add_argument("--widths", help="prune to this per-layer distribution (JSON) instead of searching")
-    p.add_argument("--calib", default="wikitext2:valid,tinystories:train",
-                   help="calibration data (comma-separated specs, split evenly); never evaluate on it")
-    p.add_argument("--calib-samples", type=int, default=16, help="calibration windows N (supernet and pruning)")
-    p.add_argument("--calib-len", type=int, default=512, help="tokens per calibration window T")
-    p.add_argument("--out", required=True, help="output checkpoint folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--resume", action="store_true", help="continue from the last finished iteration")
     p.add_argument("--work-dir", help="supernet variants and search state (default: under the cache)")
     p.add_argument("--iterations", type=int, default=3, help="coarse-to-fine iterations (step halves each)")
     p.add_argument("--step", type=float, default=0.125, help="first level spacing, fraction of a sub-layer")
