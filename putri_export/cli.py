@@ -148,13 +148,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_state_dir(out: Path) -> Path:
-    """Where an interrupted prune keeps its progress (outside --out, so --out is never partial)."""
+def default_state_dir(out: Path, kind: str = "resume") -> Path:
+    """Where an interrupted prune (or search) keeps its progress (outside --out, so --out is never partial)."""
     import hashlib
 
     from .assets import cache_dir
 
-    return cache_dir() / "resume" / hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / kind / hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
@@ -205,7 +205,7 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 def _cmd_search(args: argparse.Namespace) -> int:
     import torch
 
-    from .assets import cache_dir, resolve_model
+    from .assets import resolve_model
     from .calibration import load_calibration
     from .model import load_model, save_checkpoint
     from .search import SearchSettings, search_and_prune
@@ -229,9 +229,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     resolved = resolve_model(args.model)
     model, tokenizer = load_model(args.model)
     calib = load_calibration(tokenizer, args.calib, args.calib_samples, args.calib_len)
-    import hashlib
-    work_dir = Path(args.work_dir) if args.work_dir else (
-        cache_dir() / "search" / hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16])
+    work_dir = Path(args.work_dir) if args.work_dir else default_state_dir(out, "search")
     try:
         report, plots = search_and_prune(model, calib, settings, work_dir, resume=args.resume,
                                          widths_file=Path(args.widths) if args.widths else None)
