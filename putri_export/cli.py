@@ -70,10 +70,10 @@ def _print_report(report, json_path: str | None) -> None:
         Path(json_path).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
 
 
-def _export_verified(args: argparse.Namespace, write, verify) -> int:
+def _cmd_export(args: argparse.Namespace, fmt: str, variant: str) -> int:
     """Write to a staging name beside --out, verify it in its runtime, and only then rename it to --out."""
     from .assets import resolve_model
-    from .atomic import commit, remove, staging_path
+    from .export import export_verified
     from .model import load_model
 
     out = Path(args.out)
@@ -82,47 +82,26 @@ def _export_verified(args: argparse.Namespace, write, verify) -> int:
     if resolved.gguf_file is not None:
         raise PutriError("give an HF model folder (or smollm2-135m) to export, not a .gguf file")
     model, tokenizer = load_model(resolved.path)
-    staging = staging_path(out, "unverified")
-    try:
-        write(model, resolved.path, staging)
-        if not args.no_verify:
-            parity = verify(staging, resolved.path, args.verify_data, args.seq_len, args.verify_windows, args.threads,
-                            loaded=(model, tokenizer))
-            _print_report(parity, args.json)
-            if not parity.passed:
-                print(f"putri-export: error: {out} not written: parity check failed", file=sys.stderr)
-                return 1
-        commit(staging, out)
-    finally:
-        remove(staging)
-    print(f"{out}: ready")
+    result = export_verified(model, tokenizer, resolved.path, out, fmt, variant, verify=not args.no_verify,
+                             data=args.verify_data, seq_len=args.seq_len, max_windows=args.verify_windows,
+                             threads=args.threads)
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.parity is not None:
+        _print_report(result.parity, args.json)
+    if not result.written:
+        print(f"putri-export: error: {out} not written: parity check failed", file=sys.stderr)
+        return 1
+    print(f"{out}: ready ({result.bytes:,} bytes)")
     return 0
 
 
 def _cmd_export_gguf(args: argparse.Namespace) -> int:
-    import torch
-
-    from .export_gguf import write_gguf
-    from .verify import verify_gguf
-
-    def write(model, source: Path, staging: Path) -> None:
-        with torch.no_grad():
-            report = write_gguf(model, source, staging, args.type)
-        print(f"wrote {report.bytes:,} bytes ({args.type}); " + ("; ".join(report.workarounds) or "no workarounds"))
-        if report.fallback_tensors:
-            print(f"kept as F16 (rows not a multiple of the block size): {', '.join(report.fallback_tensors)}")
-
-    return _export_verified(args, write, verify_gguf)
+    return _cmd_export(args, "gguf", args.type)
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
-    from .export_onnx import write_onnx
-    from .verify import verify_onnx
-
-    def write(model, source: Path, staging: Path) -> None:
-        write_onnx(model, source, staging, args.quantize, overwrite=True)
-
-    return _export_verified(args, write, verify_onnx)
+    return _cmd_export(args, "onnx", args.quantize)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -503,6 +482,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("putri-export: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # disk full, permissions, missing paths: the system's own words and the path
+        if os.environ.get("PUTRI_EXPORT_DEBUG"):
+            raise
+        print(f"putri-export: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return 2
     except Exception as e:  # an unexpected failure: one line, traceback on request
         if os.environ.get("PUTRI_EXPORT_DEBUG"):
             raise

@@ -150,13 +150,21 @@ def write_gguf(model: PutriLlamaForCausalLM, tokenizer_dir: Path, out: Path, typ
     kv = list(c.num_key_value_heads_per_layer)
     ffn = list(c.intermediate_size_per_layer)
     workarounds: list[str] = []
-    if heads[0] == 0:
+    if not any(heads):  # llama.cpp cannot create a context without a single KV-cache layer
+        heads[0], kv[0] = c.num_attention_heads // c.num_key_value_heads, 1
+        workarounds.append("no layer has attention: layer 0 written with one all-zero KV-head group "
+                           "(zero attn_output) so that llama.cpp has a KV cache")
+    elif heads[0] == 0:
         heads[0] = c.num_attention_heads  # "linear attention" with an all-zero output projection
         workarounds.append("layer 0 has no attention: written as deci linear attention with zero attn_output")
+    last = c.num_hidden_layers - 1
     for layer in range(c.num_hidden_layers):
-        if heads[layer] > 0 and ffn[layer] == 0:
+        # deci skips an FFN-free layer's residual update, dropping its attention output; in the last layer
+        # that also drops the output-row selection, and llama.cpp aborts on the unallocated input.
+        if ffn[layer] == 0 and (heads[layer] > 0 or layer == last):
             ffn[layer] = QUANT_BLOCK
-            workarounds.append(f"layer {layer} has attention but no FFN: placeholder FFN of {QUANT_BLOCK} "
+            what = "attention but no FFN" if heads[layer] > 0 else "no FFN and is the last layer"
+            workarounds.append(f"layer {layer} has {what}: placeholder FFN of {QUANT_BLOCK} "
                                "neurons with zero ffn_down")
 
     out = Path(out)
@@ -199,9 +207,15 @@ def _write_tensors(sink: _TensorSink, model: PutriLlamaForCausalLM, heads: list[
             sink.add(_tensor_name(T.ATTN_OUT, i), attn.o_proj.weight)
             if attn.o_proj.bias is not None:  # FLAP compensation
                 sink.add(_tensor_name(T.ATTN_OUT, i, "bias"), attn.o_proj.bias)
-        elif heads[i] > 0:  # layer-0 workaround: linear attention contributing exactly zero
+        elif heads[i] > 0:  # layer-0 workarounds, contributing exactly zero
             sink.add(_tensor_name(T.ATTN_NORM, i), torch.ones(d))
-            sink.add(_tensor_name(T.ATTN_OUT, i), torch.zeros(d, d))
+            if kv[i] > 0:  # one all-zero KV-head group
+                q, k = heads[i] * c.head_dim, kv[i] * c.head_dim
+                for kind, rows in ((T.ATTN_Q, q), (T.ATTN_K, k), (T.ATTN_V, k)):
+                    sink.add(_tensor_name(kind, i), torch.zeros(rows, d))
+                sink.add(_tensor_name(T.ATTN_OUT, i), torch.zeros(d, q))
+            else:  # linear attention
+                sink.add(_tensor_name(T.ATTN_OUT, i), torch.zeros(d, d))
         if mlp is not None:
             sink.add(_tensor_name(T.FFN_NORM, i), layer.post_attention_layernorm.weight)
             sink.add(_tensor_name(T.FFN_GATE, i), mlp.gate_proj.weight)

@@ -53,6 +53,13 @@ class _CachedDecoder(nn.Module):
         return (out.logits, *present)
 
 
+class _DecoderWithoutCache(_CachedDecoder):
+    """A model without attention layers has no cache inputs (the mask and positions are still taken, unused)."""
+
+    def forward(self, input_ids, attention_mask, position_ids):
+        return super().forward(input_ids, attention_mask, position_ids, ())
+
+
 def _example_inputs(model: PutriLlamaForCausalLM):
     # Batch ≥ 2 and a non-empty past: size-0/1 example dims would be frozen into the graph.
     c = model.config
@@ -153,7 +160,11 @@ def _export_graph(model: PutriLlamaForCausalLM, path: Path, spec: dict, opset: i
     dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: total},
                "position_ids": {0: batch, 1: seq}, "past": tuple(({0: batch, 2: past}, {0: batch, 2: past})
                                                                  for _ in layers)}
+    decoder, inputs = _CachedDecoder(model).eval(), _example_inputs(model)
+    if not layers:  # no attention anywhere: torch.export cannot match an empty tuple input, so leave it out
+        decoder, inputs = _DecoderWithoutCache(model).eval(), inputs[:3]
+        del dynamic["past"]
     with torch.no_grad():
-        torch.onnx.export(_CachedDecoder(model).eval(), _example_inputs(model), str(path), dynamo=True,
+        torch.onnx.export(decoder, inputs, str(path), dynamo=True,
                           dynamic_shapes=dynamic, input_names=spec["inputs"], output_names=spec["outputs"],
                           opset_version=opset, verbose=False)

@@ -220,39 +220,18 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
 
 def _export(fmt: str, variant: str, src: Path, out: Path, recipe: Recipe) -> dict:
     """Write an artifact under a staging name, verify it in its runtime, then rename it."""
-    import torch
-
-    from .atomic import commit, remove, staging_path
+    from .export import export_verified
     from .model import load_model
 
     _say(f"exporting {out.name}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_model(src)
-    tmp = staging_path(out, "unverified")
-    try:
-        t0 = time.perf_counter()
-        if fmt == "gguf":
-            from .export_gguf import write_gguf
-            from .verify import verify_gguf as verify
-
-            with torch.no_grad():
-                write_gguf(model, src, tmp, variant, progress=False)
-        else:
-            from .export_onnx import write_onnx
-            from .verify import verify_onnx as verify
-
-            write_onnx(model, src, tmp, variant, overwrite=True)
-        export_s = time.perf_counter() - t0
-        parity = verify(tmp, src, seq_len=recipe.seq_len, max_windows=recipe.verify_windows, threads=recipe.threads,
-                        progress=False, loaded=(model, tokenizer))
-        _say(parity.summary())
-        if not parity.passed:
-            raise PutriError(f"{out.name} failed its parity check: {'; '.join(parity.failures)}")
-        commit(tmp, out)
-    finally:
-        remove(tmp)
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) if out.is_dir() else out.stat().st_size
-    return {"bytes": size, "export_seconds": export_s, "parity": parity.to_dict()}
+    result = export_verified(model, tokenizer, src, out, fmt, variant, seq_len=recipe.seq_len,
+                             max_windows=recipe.verify_windows, threads=recipe.threads, progress=False)
+    _say(result.parity.summary())
+    if not result.written:
+        raise PutriError(f"{out.name} failed its parity check: {'; '.join(result.parity.failures)}")
+    return {"bytes": result.bytes, "export_seconds": result.export_seconds, "parity": result.parity.to_dict(),
+            "notes": result.notes}
 
 
 def _quality(recipe: Recipe, dense_dir: Path, pruned_dir: Path, staging: Path, artifacts: list[dict]) -> list[dict]:
@@ -329,6 +308,26 @@ def _write_report(report: dict, folder: Path) -> None:
     (folder / "report.md").write_text(render_markdown(report))
 
 
+# Greedy decoding with the exported per-layer KV cache using onnxruntime and the tokenizer only (tested).
+ORT_SNIPPET = """import json, numpy as np, onnxruntime as ort
+from transformers import AutoTokenizer
+d = '{onnx}'
+spec = json.load(open(f'{{d}}/putri_onnx.json'))
+session, tok = ort.InferenceSession(f"{{d}}/{{spec['model_file']}}"), AutoTokenizer.from_pretrained(d)
+past = {{f'past_key_values.{{l}}.{{kv}}': np.zeros((1, spec['num_key_value_heads_per_layer'][l], 0, spec['head_dim']),
+                                             np.float32) for l in spec['cache_layers'] for kv in ('key', 'value')}}
+ids, seen, out = tok('Once upon a time', return_tensors='np').input_ids, 0, []
+for _ in range(32):
+    n = ids.shape[1]
+    logits, *present = session.run(None, {{'input_ids': ids, 'attention_mask': np.ones((1, seen + n), np.int64),
+                                          'position_ids': np.arange(seen, seen + n)[None], **past}})
+    past = {{k.replace('present.', 'past_key_values.'): v for k, v in zip(spec['outputs'][1:], present)}}
+    seen, ids = seen + n, logits[:, -1:].argmax(-1)
+    out.append(int(ids[0, 0]))
+print(tok.decode(out))
+"""
+
+
 def render_markdown(report: dict) -> str:
     r, p = report["recipe"], report["prune"]
     lines = [f"# putri-export run: {r['model']} at block sparsity {r['sparsity']}", "",
@@ -386,11 +385,7 @@ def render_markdown(report: dict) -> str:
                   f"llama-cli -m {gguf} -p 'Once upon a time' -n 32   # a llama.cpp build with the deci architecture",
                   "```"]
     if onnx:
-        lines += ["", "ONNX Runtime (the folder holds model.onnx, the tokenizer and putri_onnx.json):", "", "```python",
-                  "from putri_export.runtime_ort import OrtModel",
-                  f"m = OrtModel('{onnx}', n_threads=4)",
-                  "ids = m.tokenize('Once upon a time')",
-                  "tokens, _ = m.greedy(ids, 32); print(m.tokenizer.decode(tokens))",
-                  "```"]
+        lines += ["", "ONNX Runtime alone (no putri-export needed; `putri_onnx.json` gives each layer's cache shape, "
+                  "and `putri_export.runtime_ort.OrtModel` wraps the same loop):", "", "```python", *ORT_SNIPPET.format(onnx=onnx).splitlines(), "```"]
     lines += ["", f"Whole run: {report['seconds']:.0f} s.", ""]
     return "\n".join(lines)

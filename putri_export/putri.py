@@ -70,6 +70,16 @@ def least_squares_columns(weight: torch.Tensor, hessian: torch.Tensor, keep: tor
     return solution.T.to(weight.dtype).contiguous()
 
 
+def gram(z: torch.Tensor, out: torch.Tensor | None = None, chunk: int = 8192) -> torch.Tensor:
+    """``z^T z`` of rows ``z`` [N, d], accumulated in fp64 (added to ``out`` when given), in row chunks so
+    the fp64 copy never exceeds ``chunk`` rows."""
+    h = out if out is not None else torch.zeros(z.shape[1], z.shape[1], dtype=torch.float64)
+    for start in range(0, z.shape[0], chunk):
+        part = z[start:start + chunk].double()
+        h.addmm_(part.T, part)
+    return h
+
+
 class FFNPruner:
     """Putri stage 1 for one FFN: fed the down_proj inputs by a hook, then picks neurons and updates.
 
@@ -84,8 +94,8 @@ class FFNPruner:
         self.tokens = 0
 
     def add_batch(self, z: torch.Tensor) -> None:
-        z = z.reshape(-1, z.shape[-1]).double()
-        self.hessian.addmm_(z.T, z)
+        z = z.reshape(-1, z.shape[-1])
+        gram(z, out=self.hessian)
         self.tokens += z.shape[0]
 
     def prune(self, keep_count: int, damping: float = 1e-2, update: bool = True,

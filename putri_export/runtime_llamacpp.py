@@ -21,7 +21,8 @@ def check_gguf_file(path: Path) -> None:
         reader = gguf.GGUFReader(path)
         end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
     except Exception as e:
-        raise PutriError(f"{path} is not a readable GGUF file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise PutriError(f"{path} is not a readable GGUF file: truncated or corrupt ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0]})") from None
     if end > path.stat().st_size:
         raise PutriError(f"{path} is truncated: tensor data ends at byte {end}, file has {path.stat().st_size}")
 

@@ -23,13 +23,50 @@ def read_layout(folder: Path) -> dict:
         raise PutriError(f"corrupt {spec_file}: {e}") from None
 
 
+def check_onnx_folder(folder: Path) -> dict:
+    """Fail with a clear message on a missing, truncated or damaged export before onnxruntime sees it.
+
+    Reads the graph without its weights and checks that every external tensor lies inside its data file.
+    Returns the layout (``putri_onnx.json``)."""
+    import onnx
+
+    folder = Path(folder)
+    spec = read_layout(folder)
+    graph_file = folder / spec["model_file"]
+    if not graph_file.is_file():
+        raise PutriError(f"{folder} has no {spec['model_file']} (the ONNX graph)")
+    try:
+        model = onnx.load(str(graph_file), load_external_data=False)
+    except Exception as e:
+        raise PutriError(f"{graph_file} is not a readable ONNX graph ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'truncated or corrupt'})") from None
+    ends: dict[str, tuple[int, str]] = {}
+    tensors = [*model.graph.initializer,
+               *(a.t for node in model.graph.node for a in node.attribute if a.HasField("t"))]
+    for tensor in tensors:
+        if not onnx.external_data_helper.uses_external_data(tensor):
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        end = int(info.get("offset", 0)) + int(info.get("length", 0))
+        location = info.get("location", "")
+        if end > ends.get(location, (0, ""))[0]:
+            ends[location] = (end, tensor.name)
+    for location, (end, name) in ends.items():
+        data = folder / location
+        if not data.is_file():
+            raise PutriError(f"{folder}: weights file {location} is missing (the graph's tensors live there)")
+        if data.stat().st_size < end:
+            raise PutriError(f"{data} is truncated: tensor {name} ends at byte {end}, file has {data.stat().st_size}")
+    return spec
+
+
 class OrtModel:
     def __init__(self, folder: str | Path, n_threads: int | None = None):
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
         self.folder = Path(folder)
-        self.spec = read_layout(self.folder)
+        self.spec = check_onnx_folder(self.folder)
         options = ort.SessionOptions()
         options.intra_op_num_threads = n_threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1

@@ -150,9 +150,8 @@ def mutate(config: Config, levels: list[list[int]], kinds: list[str], rng: rando
 
 
 class FitnessEvaluator:
-    def __init__(self, model: PutriLlamaForCausalLM, subs: list[SubLayer], ids: torch.Tensor, top_k: int,
-                 batch_size: int = 8):
-        self.model, self.subs, self.ids, self.bs = model, subs, ids, batch_size
+    def __init__(self, model: PutriLlamaForCausalLM, ids: torch.Tensor, top_k: int, batch_size: int = 8):
+        self.model, self.ids, self.bs = model, ids, batch_size
         self.bank: VariantBank | None = None
         self.parent: Config | None = None
         self.layers = model.config.num_hidden_layers
@@ -328,7 +327,7 @@ def search(model: PutriLlamaForCausalLM, calib: Calibration, settings: SearchSet
     work_dir.mkdir(parents=True, exist_ok=True)
 
     fitness_ids = calib.ids[: max(settings.stage_samples)]
-    fitness = FitnessEvaluator(model, subs, fitness_ids, settings.top_k, settings.batch_size)
+    fitness = FitnessEvaluator(model, fitness_ids, settings.top_k, settings.batch_size)
     last = max(settings.stage_samples)
     config = tuple(state["iterations"][-1]["best"]) if state["iterations"] else uniform
     side = settings.levels // 2

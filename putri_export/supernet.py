@@ -27,7 +27,7 @@ from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP
 from .calibration import batches, block_kwargs, embed
 from .errors import PutriError
 from .model import PutriLlamaForCausalLM, keep_ffn_neurons, keep_kv_groups, param_counts
-from .putri import FFNPruner, group_removal_order, least_squares_columns, obs_scores
+from .putri import FFNPruner, gram, group_removal_order, least_squares_columns, obs_scores
 
 KINDS = ("attn", "ffn")
 
@@ -188,14 +188,6 @@ def _collect_inputs(module: nn.Linear, run) -> torch.Tensor:
     return torch.cat(rows)
 
 
-def _gram(z: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    h = torch.zeros(z.shape[1], z.shape[1], dtype=torch.float64)
-    for start in range(0, z.shape[0], chunk):
-        part = z[start:start + chunk].double()
-        h.addmm_(part.T, part)
-    return h
-
-
 def _attention_inputs(model, layer, x, bs) -> torch.Tensor:
     def run():
         for b in batches(x.shape[0], bs):
@@ -283,7 +275,7 @@ def build_supernet(model: PutriLlamaForCausalLM, ids: torch.Tensor, levels: dict
         if kv:
             group = c.num_attention_heads_per_layer[l] // kv
             z = _attention_inputs(model, layer, x, batch_size)
-            hessian = _gram(z)
+            hessian = gram(z)
             units = levels[("attn", l)]
             variants = attention_variants(model, l, z, hessian, units)
             for k, (keep, cols) in variants.items():
@@ -298,7 +290,7 @@ def build_supernet(model: PutriLlamaForCausalLM, ids: torch.Tensor, levels: dict
         width = c.intermediate_size_per_layer[l]
         if width:
             a = _ffn_inputs(layer, h, batch_size)
-            hessian = _gram(a)
+            hessian = gram(a)
             units = levels[("ffn", l)]
             weight = layer.mlp.down_proj.weight.data
             variants = ffn_variants(weight, hessian, a.shape[0], units, damping)
@@ -323,7 +315,6 @@ def prune_to_widths(model: PutriLlamaForCausalLM, ids: torch.Tensor, kv_heads: S
     outputs of the already-pruned earlier blocks (no expectation: the real pruned prefix)."""
     c = model.config
     check_widths(model, kv_heads, ffn)
-    hd = c.head_dim
     x = embed(model, ids)
     n, t, d = x.shape
     log = []
@@ -336,7 +327,7 @@ def prune_to_widths(model: PutriLlamaForCausalLM, ids: torch.Tensor, kv_heads: S
                 keep_kv_groups(model, l, [])
             else:
                 z = _attention_inputs(model, layer, x, batch_size)
-                keep, cols = attention_variants(model, l, z, _gram(z), [kv_heads[l]])[kv_heads[l]]
+                keep, cols = attention_variants(model, l, z, gram(z), [kv_heads[l]])[kv_heads[l]]
                 del z
                 keep_kv_groups(model, l, keep.tolist())
                 layer.self_attn.o_proj.weight.data.copy_(cols)

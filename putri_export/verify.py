@@ -207,9 +207,9 @@ def verify_onnx(folder: Path, against: str | Path, data: str = "wikitext2", seq_
                 loaded: tuple | None = None) -> ParityReport:
     """``loaded``: the (model, tokenizer) of ``against`` when the caller already holds them."""
     from .model import load_model
-    from .runtime_ort import OrtModel, read_layout
+    from .runtime_ort import OrtModel, check_onnx_folder
 
-    spec = read_layout(Path(folder))
+    spec = check_onnx_folder(Path(folder))
     type_name = "onnx-fp32" if spec["quantization"] == "none" else f"onnx-{spec['quantization']}"
     model, tokenizer = loaded or load_model(against)
     runtime = OrtModel(folder, n_threads=threads)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from test_cli import assert_one_clear_error, run_cli
@@ -39,8 +41,18 @@ def test_run_writes_verified_artifacts_and_a_report(stories_dir, tmp_path):
     assert set(report["bench"]) == {"torch-fp32", "gguf-f32", "onnx-none"}
     md = (out / "report.md").read_text()
     for needle in ("## Quality", "## Speed and memory", "bytes-ratio limit", "putri-export serve artifacts/pruned-f32.gguf",
-                   "OrtModel('artifacts/pruned-onnx-none'"):
+                   "d = 'artifacts/pruned-onnx-none'"):
         assert needle in md
+    # the report's ONNX Runtime snippet runs as written, from the run folder, and decodes what the model does
+    snippet = md.split("ONNX Runtime alone")[1].split("```python\n")[1].split("```")[0]
+    proc = subprocess.run([sys.executable, "-c", snippet], cwd=out, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from putri_export.model import load_model
+
+    model, tok = load_model(out / "model")
+    prompt = tok("Once upon a time", return_tensors="pt").input_ids
+    expected = model.generate(prompt, max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0)
+    assert proc.stdout.strip() == tok.decode(expected[0, prompt.shape[1]:]).strip()
     assert (out / "widths.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "model" / "pruning_report.json").is_file()
     assert not list(tmp_path.glob(".run.running*"))  # the staging folder became --out

@@ -107,7 +107,7 @@ def test_fitness_prefix_cache_matches_a_full_run_and_dense_scores_zero(stories_d
     bank = VariantBank(model, tmp_path / "bank")
     build_supernet(model, calib.ids, levels, {(s.kind, s.layer): u for s, u in zip(subs, config)}, bank,
                    progress=False)
-    fitness = FitnessEvaluator(model, subs, calib.ids[:4], top_k=64)
+    fitness = FitnessEvaluator(model, calib.ids[:4], top_k=64)
     fitness.set_parent(dense, bank)
     assert fitness(dense, 4) == pytest.approx(0, abs=1e-6)
     child = list(config)
