@@ -69,6 +69,8 @@ def export_verified(model, tokenizer, source: Path, out: Path, fmt: str, variant
             if not result.parity.passed:
                 return result
         commit(tmp, out)
+        if result.parity is not None:
+            result.parity.artifact = str(out)  # it was checked under the staging name
         result.written = True
         result.bytes = artifact_bytes(out)
         return result
