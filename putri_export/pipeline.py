@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import PutriError
+from .export import FORMATS
 
-FORMATS = ("gguf", "onnx")
 BACKEND = {"gguf": "llama.cpp", "onnx": "onnxruntime", "torch": "torch"}
 
 

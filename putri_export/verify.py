@@ -188,14 +188,13 @@ def verify_gguf(path: Path, against: str | Path, data: str = "wikitext2", seq_le
                 loaded: tuple | None = None) -> ParityReport:
     """``loaded``: the (model, tokenizer) of ``against`` when the caller already holds them."""
     from .model import load_model
-    from .runtime_llamacpp import LlamaCppModel, check_gguf_file
+    from .runtime_llamacpp import LlamaCppModel
 
     path = Path(path)
-    check_gguf_file(path)
-    type_name = gguf_type_name(path)
-    model, tokenizer = loaded or load_model(against)
-    runtime = LlamaCppModel(path, n_ctx=max(seq_len, 256 + 32), n_threads=threads)
+    runtime = LlamaCppModel(path, n_ctx=max(seq_len, 256 + 32), n_threads=threads)  # checks the file first
     try:
+        type_name = gguf_type_name(path)
+        model, tokenizer = loaded or load_model(against)
         return compare(runtime, model, tokenizer, str(path), str(against), type_name, data, seq_len, max_windows,
                        progress=progress)
     finally:
@@ -207,13 +206,13 @@ def verify_onnx(folder: Path, against: str | Path, data: str = "wikitext2", seq_
                 loaded: tuple | None = None) -> ParityReport:
     """``loaded``: the (model, tokenizer) of ``against`` when the caller already holds them."""
     from .model import load_model
-    from .runtime_ort import OrtModel, check_onnx_folder
+    from .runtime_ort import OrtModel
 
-    spec = check_onnx_folder(Path(folder))
-    type_name = "onnx-fp32" if spec["quantization"] == "none" else f"onnx-{spec['quantization']}"
-    model, tokenizer = loaded or load_model(against)
-    runtime = OrtModel(folder, n_threads=threads)
+    runtime = OrtModel(folder, n_threads=threads)  # checks the folder first
     try:
+        quantization = runtime.spec["quantization"]
+        type_name = "onnx-fp32" if quantization == "none" else f"onnx-{quantization}"
+        model, tokenizer = loaded or load_model(against)
         # The ONNX folder ships the HF tokenizer files: HF is the reference there.
         return compare(runtime, model, tokenizer, str(folder), str(against), type_name, data, seq_len, max_windows,
                        progress=progress, sentencepiece_reference=False)
