@@ -79,18 +79,20 @@ def kv_bytes_per_token(kv_heads: list[int], head_dim: int, dtype_bytes: int) -> 
     return sum(2 * k * head_dim * dtype_bytes for k in kv_heads)
 
 
-WORKER = Path(__file__).with_name("bench_worker.py")
-
-
 def measure(cfg: BenchConfig, timeout: float | None = None) -> dict:
     """Run one configuration in a fresh child process and return its JSON result.
 
-    The worker runs as a plain script (not ``-m putri_export...``) so that a llama.cpp or ONNX Runtime
-    measurement does not import torch/transformers and its peak RSS is the runtime's own.
+    The worker imports no torch/transformers for llama.cpp and ONNX Runtime, so its peak RSS is the runtime's
+    own; a crash of the runtime there is a clear error here.
     """
-    proc = subprocess.run([sys.executable, str(WORKER), json.dumps(asdict(cfg))],
-                          capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, OMP_NUM_THREADS=str(cfg.threads)))
+    from .runtime_process import RuntimeCrashed, child_environment, crash_message
+
+    env = dict(child_environment(), OMP_NUM_THREADS=str(cfg.threads))
+    proc = subprocess.run([sys.executable, "-m", "putri_export.bench_worker", json.dumps(asdict(cfg))],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode < 0:
+        raise RuntimeCrashed(crash_message(cfg.backend, cfg.model, f"benchmarking (depth {cfg.depth})",
+                                       proc.returncode, proc.stderr))
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise PutriError(f"benchmark of {cfg.model} ({cfg.backend}, depth {cfg.depth}) failed: {tail}")

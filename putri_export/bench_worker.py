@@ -1,4 +1,5 @@
-"""One benchmark configuration, measured in this (fresh) process; run as a script by ``bench.measure``.
+"""One benchmark configuration, measured in this (fresh) process: ``python -m putri_export.bench_worker CONFIG``,
+started by ``bench.measure`` with ``PUTRI_EXPORT_LIGHT_IMPORT=1``.
 
 Imports only what the chosen runtime needs: llama.cpp and ONNX Runtime runs never load torch.
 Prints one JSON line.
@@ -52,7 +53,7 @@ class _TorchRunner:
 
     def run(self, tokens: list[int]) -> int:
         with self.torch.no_grad():
-            out = self.model(self.torch.tensor([tokens]), past_key_values=self.cache, use_cache=True)
+            out = self.model(self.torch.tensor([tokens]), cache=self.cache, use_cache=True)
         return int(out.logits[0, -1].argmax())
 
     def kv_bytes(self) -> int:
@@ -102,10 +103,10 @@ class _OrtRunner:
 
 class _LlamaCppRunner:
     def __init__(self, path: str, threads: int, n_ctx: int):
-        from llama_cpp import Llama
+        from putri_export.runtime_llamacpp import open_llama
 
-        self.llm = Llama(model_path=path, n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=threads,
-                         n_threads_batch=threads, logits_all=False, verbose=False, seed=0)
+        self.llm = open_llama(path, n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=threads,
+                              n_threads_batch=threads, logits_all=False, verbose=False, seed=0)
         self.vocab = self.llm.n_vocab()
 
     def reset(self) -> None:

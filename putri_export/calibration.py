@@ -82,7 +82,7 @@ def block_kwargs(model: PutriLlamaForCausalLM, hidden: torch.Tensor) -> dict:
     """Mask, positions and rotary embeddings for a full-length, unpadded batch (as the model's forward)."""
     positions = torch.arange(hidden.shape[1]).unsqueeze(0)
     mask = create_causal_mask(config=model.config, inputs_embeds=hidden, attention_mask=None,
-                              past_key_values=None, position_ids=positions)
+                              cache=None, position_ids=positions)
     return {"attention_mask": mask, "position_ids": positions,
             "position_embeddings": model.model.rotary_emb(hidden, position_ids=positions)}
 

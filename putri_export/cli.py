@@ -116,14 +116,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .runtime_llamacpp import check_gguf_file
 
+    from .runtime_process import child_environment
+
     check_gguf_file(Path(args.gguf))
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(args.gguf), "--host", args.host,
+    # llama-cpp-python's server, started through runtime_llamacpp.serve so that it loads the model with the
+    # CPU-safe setting; the process is handed over (signals go straight to the server), without torch.
+    cmd = [sys.executable, "-m", "putri_export.runtime_llamacpp", "--model", str(args.gguf), "--host", args.host,
            "--port", str(args.port), "--n_ctx", str(args.n_ctx)]
     if args.threads:
         cmd += ["--n_threads", str(args.threads)]
     print(f"serving {args.gguf} at http://{args.host}:{args.port}/v1 (OpenAI-compatible; Ctrl-C stops)",
           file=sys.stderr)
-    os.execv(sys.executable, cmd)  # hand the process over: signals go straight to the server
+    os.execve(sys.executable, cmd, child_environment())
     return 0
 
 

@@ -21,8 +21,7 @@ from transformers import DynamicCache
 from .atomic import staged
 from .errors import PutriError
 from .modeling_putri_llama import PutriLlamaForCausalLM
-
-LAYOUT_FILE = "putri_onnx.json"
+from .runtime_ort import LAYOUT_FILE
 MODEL_FILE = "model.onnx"
 QUANTIZATIONS = ("none", "int8", "int4")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
@@ -46,7 +45,7 @@ class _CachedDecoder(nn.Module):
         for (key, value), layer in zip(past, self.layers):
             cache.update(key, value, layer)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True)
+                         cache=cache, use_cache=True)
         present = []
         for layer in self.layers:
             present += [cache.layers[layer].keys, cache.layers[layer].values]

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -20,6 +21,10 @@ from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 from .configuration_putri_llama import PutriLlamaConfig
 from .errors import PutriError
 from .modeling_putri_llama import PutriLlamaForCausalLM
+
+# With this module imported, the Auto classes load saved checkpoints without trust_remote_code.
+AutoConfig.register(PutriLlamaConfig.model_type, PutriLlamaConfig, exist_ok=True)
+AutoModelForCausalLM.register(PutriLlamaConfig, PutriLlamaForCausalLM, exist_ok=True)
 
 # model_type values whose checkpoints are exactly Llama blocks (same weight names and math).
 LLAMA_COMPATIBLE = {"llama", "mistral", PutriLlamaConfig.model_type}

@@ -13,6 +13,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -115,12 +116,30 @@ class _Steps:
     def done(self, name: str) -> dict | None:
         return self.state["done"].get(name)
 
+    def run(self, name: str, make: Callable[[], dict]) -> dict:
+        """The recorded result of step ``name``, or ``make()``'s, recorded. A step that fails says where the
+        finished ones are kept."""
+        done = self.done(name)
+        if done is not None:
+            return done
+        try:
+            result = make()
+        except PutriError as e:
+            raise type(e)(f"step {name} failed: {e} (finished steps are kept in {self.folder}: rerun the same "
+                          "command with --resume to continue)") from None
+        return self.finish(name, result)
+
     def finish(self, name: str, result: dict) -> dict:
         self.state["done"][name] = result
         tmp = self.folder / ".run_state.tmp"
         tmp.write_text(json.dumps(self.state, indent=1))
         tmp.replace(self.file)
         return result
+
+
+def staging_folder(out: Path) -> Path:
+    """Where a run works until every step is done (kept for --resume when it stops early)."""
+    return out.with_name(f".{out.name}.running")
 
 
 def _say(text: str) -> None:
@@ -144,24 +163,22 @@ def run_pipeline(recipe: Recipe, out: Path, overwrite: bool = False, resume: boo
         raise PutriError("run needs an HF model folder (or smollm2-135m), not a .gguf file")
     dense_dir = resolved.path
     key = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode()).hexdigest()
-    staging = out.with_name(f".{out.name}.running")
+    staging = staging_folder(out)
     steps = _Steps(staging, key, resume)
     start = time.perf_counter()
 
     pruned_dir = staging / "model"
-    prune_info = steps.done("prune") or steps.finish("prune", _prune(recipe, dense_dir, pruned_dir))
+    prune_info = steps.run("prune", lambda: _prune(recipe, dense_dir, pruned_dir))
     artifacts = []
     for fmt in recipe.formats:
         for variant in (recipe.gguf_types if fmt == "gguf" else recipe.onnx_quantize):
             for which, src in (("dense", dense_dir), ("pruned", pruned_dir)):
                 name = f"{which}-{variant}.gguf" if fmt == "gguf" else f"{which}-onnx-{variant}"
                 step = f"export:{name}"
-                info = steps.done(step) or steps.finish(step, _export(fmt, variant, src, staging / "artifacts" / name,
-                                                                      recipe))
+                info = steps.run(step, lambda: _export(fmt, variant, src, staging / "artifacts" / name, recipe))
                 artifacts.append({"format": fmt, "variant": variant, "which": which,
                                   "path": f"artifacts/{name}", **info})
-    quality = steps.done("quality") or steps.finish("quality", _quality(recipe, dense_dir, pruned_dir, staging,
-                                                                         artifacts))
+    quality = steps.run("quality", lambda: _quality(recipe, dense_dir, pruned_dir, staging, artifacts))
     bench = {}
     if recipe.bench:
         for fmt in ["torch", *recipe.formats]:
@@ -173,8 +190,8 @@ def run_pipeline(recipe: Recipe, out: Path, overwrite: bool = False, resume: boo
                 else:
                     pair = [staging / a["path"] for w in ("dense", "pruned") for a in artifacts
                             if a["format"] == fmt and a["variant"] == variant and a["which"] == w]
-                bench[f"{fmt}-{variant}"] = steps.done(step) or steps.finish(
-                    step, _bench(recipe, fmt, pair, staging / "bench" / f"{fmt}-{variant}"))
+                bench[f"{fmt}-{variant}"] = steps.run(
+                    step, lambda: _bench(recipe, fmt, pair, staging / "bench" / f"{fmt}-{variant}"))
     report = {"recipe": asdict(recipe), "dense_model": str(dense_dir), "prune": prune_info, "artifacts": artifacts,
               "quality": quality, "bench": bench, "seconds": time.perf_counter() - start}
     _write_report(report, staging)
@@ -257,15 +274,10 @@ def _quality(recipe: Recipe, dense_dir: Path, pruned_dir: Path, staging: Path, a
         if kind == "torch":
             model = load_model(path)[0]
             fn, close = torch_logits_fn(model), (lambda: None)
-        elif kind == "gguf":
-            from .runtime_llamacpp import LlamaCppModel
-
-            rt = LlamaCppModel(path, n_ctx=recipe.seq_len, n_threads=recipe.threads)
-            fn, close = (lambda b, rt=rt: torch.from_numpy(np.stack([rt.logits(r.tolist()) for r in b]))), rt.close
         else:
-            from .runtime_ort import OrtModel
+            from .runtime_process import RuntimeProcess
 
-            rt = OrtModel(path, n_threads=recipe.threads)
+            rt = RuntimeProcess(BACKEND[kind], path, n_ctx=recipe.seq_len, n_threads=recipe.threads)
             fn, close = (lambda b, rt=rt: torch.from_numpy(np.stack([rt.logits(r.tolist()) for r in b]))), rt.close
         try:
             row = {"artifact": label, "which": which}
@@ -379,11 +391,13 @@ def render_markdown(report: dict) -> str:
               "```"]
     if gguf:
         lines += ["", "llama.cpp (llama-cpp-python's OpenAI-compatible server, loopback only):", "", "```bash",
-                  f"putri-export serve {gguf} --port 8000   # = python -m llama_cpp.server --model {gguf} --host 127.0.0.1",
+                  f"putri-export serve {gguf} --port 8000",
                   "curl -s http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\",
                   "  -d '{\"prompt\": \"Once upon a time\", \"max_tokens\": 32}'",
                   f"llama-cli -m {gguf} -p 'Once upon a time' -n 32   # a llama.cpp build with the deci architecture",
-                  "```"]
+                  "```", "", "On an Intel CPU with AMX (`grep -o amx_int8 /proc/cpuinfo`), llama.cpp's own tools need "
+                  "`--no-repack` (`-nr`): their AMX kernels crash on quantized GGUFs (llama.cpp issue 20824). "
+                  "`putri-export serve` applies this itself."]
     if onnx:
         lines += ["", "ONNX Runtime alone (no putri-export needed; `putri_onnx.json` gives each layer's cache shape, "
                   "and `putri_export.runtime_ort.OrtModel` wraps the same loop):", "", "```python", *ORT_SNIPPET.format(onnx=onnx).splitlines(), "```"]

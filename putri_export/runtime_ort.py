@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PutriError
-from .export_onnx import LAYOUT_FILE
+
+LAYOUT_FILE = "putri_onnx.json"  # written by export_onnx beside the graph: the cache layout
 
 
 def read_layout(folder: Path) -> dict:
@@ -61,9 +62,10 @@ def check_onnx_folder(folder: Path) -> dict:
 
 
 class OrtModel:
-    def __init__(self, folder: str | Path, n_threads: int | None = None):
+    """``tokenizer=False``: the session alone (no transformers import), as in a runtime child process."""
+
+    def __init__(self, folder: str | Path, n_threads: int | None = None, tokenizer: bool = True):
         import onnxruntime as ort
-        from transformers import AutoTokenizer
 
         self.folder = Path(folder)
         self.spec = check_onnx_folder(self.folder)
@@ -75,7 +77,10 @@ class OrtModel:
                                                 providers=["CPUExecutionProvider"])
         except Exception as e:
             raise PutriError(f"onnxruntime could not load {self.folder}: {str(e).splitlines()[0]}") from None
-        self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        if tokenizer:
+            from .model import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.folder)
         self.kv_heads = {l: self.spec["num_key_value_heads_per_layer"][l] for l in self.spec["cache_layers"]}
 
     def tokenize(self, text: str) -> list[int]:

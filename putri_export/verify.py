@@ -186,38 +186,37 @@ def gguf_type_name(path: Path) -> str:
 def verify_gguf(path: Path, against: str | Path, data: str = "wikitext2", seq_len: int = 512,
                 max_windows: int = 4, threads: int | None = None, progress: bool = True,
                 loaded: tuple | None = None) -> ParityReport:
-    """``loaded``: the (model, tokenizer) of ``against`` when the caller already holds them."""
+    """``loaded``: the (model, tokenizer) of ``against`` when the caller already holds them.
+    llama.cpp runs in a child process (a crash there is a ``RuntimeCrashed`` error here)."""
     from .model import load_model
-    from .runtime_llamacpp import LlamaCppModel
+    from .runtime_llamacpp import check_gguf_file
+    from .runtime_process import RuntimeProcess
 
     path = Path(path)
-    runtime = LlamaCppModel(path, n_ctx=max(seq_len, 256 + 32), n_threads=threads)  # checks the file first
-    try:
-        type_name = gguf_type_name(path)
+    check_gguf_file(path)  # before the PyTorch model is loaded
+    type_name = gguf_type_name(path)
+    with RuntimeProcess("llama.cpp", path, n_ctx=max(seq_len, 256 + 32), n_threads=threads) as runtime:
         model, tokenizer = loaded or load_model(against)
         return compare(runtime, model, tokenizer, str(path), str(against), type_name, data, seq_len, max_windows,
                        progress=progress)
-    finally:
-        runtime.close()
 
 
 def verify_onnx(folder: Path, against: str | Path, data: str = "wikitext2", seq_len: int = 512,
                 max_windows: int = 4, threads: int | None = None, progress: bool = True,
                 loaded: tuple | None = None) -> ParityReport:
-    """``loaded``: the (model, tokenizer) of ``against`` when the caller already holds them."""
+    """``loaded``: the (model, tokenizer) of ``against`` when the caller already holds them.
+    ONNX Runtime runs in a child process (a crash there is a ``RuntimeCrashed`` error here)."""
     from .model import load_model
-    from .runtime_ort import OrtModel
+    from .runtime_ort import check_onnx_folder
+    from .runtime_process import RuntimeProcess
 
-    runtime = OrtModel(folder, n_threads=threads)  # checks the folder first
-    try:
-        quantization = runtime.spec["quantization"]
-        type_name = "onnx-fp32" if quantization == "none" else f"onnx-{quantization}"
+    quantization = check_onnx_folder(Path(folder))["quantization"]  # before the PyTorch model is loaded
+    type_name = "onnx-fp32" if quantization == "none" else f"onnx-{quantization}"
+    with RuntimeProcess("onnxruntime", folder, n_threads=threads) as runtime:
         model, tokenizer = loaded or load_model(against)
         # The ONNX folder ships the HF tokenizer files: HF is the reference there.
         return compare(runtime, model, tokenizer, str(folder), str(against), type_name, data, seq_len, max_windows,
                        progress=progress, sentencepiece_reference=False)
-    finally:
-        runtime.close()
 
 
 def verify_artifact(artifact: Path, against: str | Path, **kwargs) -> ParityReport:

@@ -30,10 +30,10 @@ from putri_export.verify import verify_gguf
 
 def llama_speed(path: Path, tokens: list[int], prefill: int, decode: int, threads: int) -> tuple[float, float]:
     """(prefill tokens/s, decode tokens/s) with llama.cpp's default F16 KV cache."""
-    from llama_cpp import Llama
+    from putri_export.runtime_llamacpp import open_llama
 
-    llm = Llama(model_path=str(path), n_ctx=prefill + decode + 8, n_batch=prefill, n_threads=threads,
-                n_threads_batch=threads, logits_all=False, verbose=False)
+    llm = open_llama(path, n_ctx=prefill + decode + 8, n_batch=prefill, n_threads=threads,
+                     n_threads_batch=threads, logits_all=False, verbose=False)
     llm.eval(tokens[:8])  # warm-up
     llm.reset()
     t0 = time.perf_counter()
