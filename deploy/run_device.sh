@@ -17,7 +17,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 venv=${PUTRI_BENCH_VENV:-$HOME/.putri-bench-venv}
 if [ ! -x "$venv/bin/putri-export" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet numpy tqdm gguf matplotlib onnxruntime llama-cpp-python
+  "$venv/bin/pip" install --quiet numpy tqdm gguf matplotlib onnx onnxruntime llama-cpp-python
   "$venv/bin/pip" install --quiet --no-deps -e "$repo"
 fi
 case "$dense" in

@@ -1,17 +1,14 @@
-"""putri-export: structured pruning of Llama-family models into smaller, deployable artifacts."""
+"""putri-export: structured pruning of Llama-family models into smaller, deployable artifacts.
 
-import os
+Importing the package is light (no torch): the CLI starts in a fraction of a second, runtime child processes
+and benchmark-only installs never load torch. ``import putri_export.model`` (or touching
+``putri_export.PutriLlamaForCausalLM``) loads the model classes and registers them with transformers' Auto
+classes, so saved checkpoints then load without ``trust_remote_code``.
+"""
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-# Runtime child processes (runtime_process.py) set this: they run llama.cpp / ONNX Runtime only, and
-# importing torch and transformers would cost each of them seconds and hundreds of MB.
-if not os.environ.get("PUTRI_EXPORT_LIGHT_IMPORT"):
-    try:
-        # Importing the model code registers the per-layer-width classes with transformers' Auto classes.
-        from .configuration_putri_llama import PutriLlamaConfig
-        from .model import PutriLlamaForCausalLM
-    except ImportError:  # a benchmark-only install on a device (deploy/): no torch/transformers
-        pass
-
+__getattr__ = lazy_exports(__name__, {"PutriLlamaConfig": ".model", "PutriLlamaForCausalLM": ".model"})
 __all__ = ["PutriLlamaConfig", "PutriLlamaForCausalLM", "__version__"]

@@ -45,3 +45,30 @@ def staged(out: Path, make_dir: bool = False, tag: str = "partial") -> Iterator[
     except BaseException:
         remove(tmp)
         raise
+
+
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Write a whole file under a temporary name beside it, then rename: readers never see half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        if isinstance(content, bytes):
+            tmp.write_bytes(content)
+        else:
+            tmp.write_text(content)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_tensors_atomic(path: Path, tensors: dict) -> None:
+    """A safetensors file written under a temporary name, then renamed."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -29,29 +29,22 @@ def stories(stories_dir):
 
 @pytest.fixture(scope="session")
 def tinystories_ids(stories):
-    from putri_export.data import load_corpus
-    from putri_export.evaluate import tokenize_corpus
+    from putri_export.data import load_corpus, tokenize_corpus
 
     return tokenize_corpus(stories[1], load_corpus("tinystories"))
 
 
 @pytest.fixture(scope="session")
 def wikitext_ids(stories):
-    from putri_export.data import load_corpus
-    from putri_export.evaluate import tokenize_corpus
+    from putri_export.data import load_corpus, tokenize_corpus
 
     return tokenize_corpus(stories[1], load_corpus("wikitext2"))
 
 
-def fresh_stories(stories_dir):
-    """A private copy (tests that resize layers must not touch the session model)."""
-    from putri_export.model import load_model
-
-    return load_model(stories_dir)[0]
-
-
 @pytest.fixture
 def stories_copy(stories_dir):
+    from helpers import fresh_stories
+
     return fresh_stories(stories_dir)
 
 

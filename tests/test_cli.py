@@ -3,28 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
+from helpers import assert_one_clear_error, run_cli
 from transformers import GPT2Config, GPT2LMHeadModel
-
-
-def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "putri_export.cli", *args], capture_output=True, text=True, env=env)
-
-
-def assert_one_clear_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("putri-export: error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_info_prints_per_layer_table_and_totals(stories_dir):

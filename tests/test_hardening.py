@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import assert_one_clear_error, run_cli
+from helpers import assert_one_clear_error, run_cli
 
 from putri_export.cli import build_parser
 from putri_export.errors import PutriError
-from putri_export.export_gguf import write_gguf
-from putri_export.export_onnx import write_onnx
+from putri_export.export.gguf import write_gguf
+from putri_export.export.onnx import write_onnx
 from putri_export.model import load_model, save_checkpoint
 
 PACKAGE = Path(__file__).resolve().parents[1] / "putri_export"
@@ -118,7 +118,7 @@ def test_disk_full_while_saving_a_checkpoint_leaves_nothing(stories_dir, tmp_pat
 
 
 def test_disk_full_while_exporting_onnx_leaves_nothing(stories_dir, tmp_path, monkeypatch):
-    import putri_export.export_onnx as export_onnx
+    import putri_export.export.onnx as export_onnx
 
     model, _ = load_model(stories_dir)
     full = _fill_disk_after(10)

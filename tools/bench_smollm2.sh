@@ -12,7 +12,7 @@ DEPTHS=${DEPTHS:-0,512,2048}
 mkdir -p "$WORK"
 PRUNED=$WORK/putri05
 [ -d "$PRUNED" ] || putri-export prune smollm2-135m --sparsity 0.5 --out "$PRUNED" --threads "$THREADS"
-DENSE=$(python -c "from putri_export.assets import resolve_model; print(resolve_model('smollm2-135m').path)")
+DENSE=$(python -c "from putri_export.model.assets import resolve_model; print(resolve_model('smollm2-135m').path)")
 for name in dense putri05; do
   src=$DENSE; [ $name = putri05 ] && src=$PRUNED
   for t in q8_0 f16; do

@@ -20,17 +20,16 @@ from pathlib import Path
 
 import torch
 
-from putri_export.assets import ensure_builtin_model
-from putri_export.data import load_corpus
-from putri_export.evaluate import tokenize_corpus
-from putri_export.export_gguf import write_gguf
+from putri_export.data import load_corpus, tokenize_corpus
+from putri_export.export import ParityCheck, verify_artifact
+from putri_export.export.gguf import write_gguf
 from putri_export.model import load_model, param_counts, save_checkpoint, slice_randomly
-from putri_export.verify import verify_gguf
+from putri_export.model.assets import ensure_builtin_model
 
 
 def llama_speed(path: Path, tokens: list[int], prefill: int, decode: int, threads: int) -> tuple[float, float]:
     """(prefill tokens/s, decode tokens/s) with llama.cpp's default F16 KV cache."""
-    from putri_export.runtime_llamacpp import open_llama
+    from putri_export.runtime.llamacpp import open_llama
 
     llm = open_llama(path, n_ctx=prefill + decode + 8, n_batch=prefill, n_threads=threads,
                      n_threads_batch=threads, logits_all=False, verbose=False)
@@ -85,8 +84,8 @@ def main() -> None:
                 times.append(time.perf_counter() - t0)
             if (label, type_name) == ("dense", "f16"):
                 export_times = times
-            report = verify_gguf(path, folder, data="wikitext2", seq_len=512, max_windows=args.windows,
-                                 threads=args.threads, progress=False)
+            report = verify_artifact(path, folder, ParityCheck(data="wikitext2", seq_len=512, max_windows=args.windows),
+                                     threads=args.threads, progress=False)
             print(report.summary(), flush=True)
             rows.append({"model": label, "type": type_name, "file_bytes": path.stat().st_size,
                          "block_params": counts.blocks, "total_params": counts.total,

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from putri_export.bench import BenchConfig, measure
-from putri_export.runtime_llamacpp import EXTRA_BUFTS_ENV, cpu_extra_buffer_types, cpu_has_amx
+from putri_export.runtime.llamacpp import EXTRA_BUFTS_ENV, cpu_extra_buffer_types, cpu_has_amx
 
 
 def cpu_model() -> str:

@@ -24,22 +24,16 @@ from pathlib import Path
 
 import torch
 
-from putri_export.budget import split_budget
-from putri_export.calibration import load_calibration
-from putri_export.data import load_corpus
-from putri_export.evaluate import perplexity, tokenize_corpus, torch_logits_fn
+from putri_export.data import DEFAULT_CALIBRATION, load_calibration, load_corpus, tokenize_corpus
+from putri_export.eval import perplexity, torch_logits_fn
 from putri_export.model import load_model, param_counts
-from putri_export.prune import (
-    METHODS,
-    PruneSettings,
-    ResumeState,
-    _attn_slice,
-    attention_stage,
-    ffn_stage,
-    masked_groups,
-    prune_model,
-    remove_head_groups,
-)
+from putri_export.prune import METHOD_NAMES as METHODS
+from putri_export.prune import PruneContext, PruneSettings, prune_model
+from putri_export.prune.budget import split_budget
+from putri_export.prune.methods.putri import prune_ffns
+from putri_export.prune.stages import attention_stage, masked_groups, remove_head_groups
+from putri_export.prune.stream import BlockRunner
+from putri_export.resume import ResumeStore
 
 EVAL = {"wikitext2": "wikitext2:test", "tinystories": "tinystories:validation"}
 
@@ -172,16 +166,17 @@ def refit_study(args, sparsity: float) -> None:
         tail = ids[source.samples * args.calib_len:][-args.eval_windows * args.seq_len:]
         held_out[source.corpus + " (tail)"] = tail
     budget = split_budget(model, sparsity)
-    state = ResumeState(None, "")
+    ctx = PruneContext(model, calib, settings, BlockRunner(model, settings.batch_size), ResumeStore(None, ""))
     with torch.no_grad():
-        ffn_stage(model, calib.ids, budget.ffn_keep, settings, state)
-        masks, _ = attention_stage(model, _attn_slice(calib.ids, settings), budget.n_attn, budget.groups_per_layer,
-                                   "group", settings, state)
+        prune_ffns(ctx, budget.ffn_keep)
+        masks, _ = attention_stage(ctx, budget.n_attn, budget.groups_per_layer, "group")
         removed = masked_groups(model, masks)
         results = {}
         for refit in (False, True):
             candidate = copy.deepcopy(model)
-            remove_head_groups(candidate, removed, calib.ids, refit, settings)
+            candidate_ctx = PruneContext(candidate, calib, settings, BlockRunner(candidate, settings.batch_size),
+                                         ResumeStore(None, ""))
+            remove_head_groups(candidate_ctx, removed, refit)
             results["refit" if refit else "no refit"] = {
                 name: perplexity(torch_logits_fn(candidate), ids, args.seq_len, args.eval_windows, 4).perplexity
                 for name, ids in held_out.items()}
@@ -196,7 +191,7 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.3, 0.7, 0.8, 0.4, 0.6, 0.2, 0.1])
-    p.add_argument("--calib", default="wikitext2:valid,tinystories:train")
+    p.add_argument("--calib", default=DEFAULT_CALIBRATION)
     p.add_argument("--calib-samples", type=int, default=64)
     p.add_argument("--calib-len", type=int, default=512)
     p.add_argument("--attn-samples", type=int, default=2)

@@ -1,0 +1,62 @@
+"""Calibration sets: the first windows of one or more corpora, with where they came from."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..errors import PutriError
+from .corpus import load_corpus
+from .tokens import tokenize_corpus
+
+
+@dataclass
+class CalibrationSource:
+    corpus: str  # what the user asked for
+    source: str  # the file or hub dataset read
+    sha256: str  # of the corpus text
+    tokens: int  # tokens in the whole corpus
+    samples: int  # windows taken from it (the first ones, in order)
+
+
+@dataclass
+class Calibration:
+    ids: torch.Tensor  # (N, T) token ids
+    sources: list[CalibrationSource]
+
+    def provenance(self) -> dict:
+        n, t = self.ids.shape
+        return {"samples": n, "seq_len": t, "tokens": n * t, "sources": [asdict(s) for s in self.sources]}
+
+
+def load_calibration(tokenizer, specs: str | list[str], samples: int, seq_len: int) -> Calibration:
+    """The first ``samples`` non-overlapping ``seq_len``-token windows, split evenly across corpora.
+
+    ``specs`` is one data spec or a comma-separated list (e.g. ``wikitext2:valid,tinystories:train``).
+    Windows are taken in order from the start of each corpus (no shuffling, as the reference), so
+    the tail of a calibration corpus stays unseen.
+    """
+    names = [s.strip() for s in (specs.split(",") if isinstance(specs, str) else specs) if s.strip()]
+    if not names:
+        raise PutriError("no calibration data given (--calib)")
+    if samples < 1 or seq_len < 2:
+        raise PutriError(f"calibration needs samples >= 1 and seq_len >= 2, got {samples} x {seq_len}")
+    shares = [samples // len(names) + (1 if i < samples % len(names) else 0) for i in range(len(names))]
+    chunks, sources = [], []
+    for name, share in zip(names, shares):
+        if share == 0:
+            continue
+        corpus = load_corpus(name)
+        ids = tokenize_corpus(tokenizer, corpus)
+        have = ids.numel() // seq_len
+        if have < share:
+            raise PutriError(
+                f"calibration corpus {name!r} ({corpus.source}) has {ids.numel()} tokens: {have} windows of "
+                f"{seq_len}, but {share} are needed ({samples} samples over {len(names)} corpora); "
+                f"lower --calib-samples or --calib-len, or give more text")
+        chunks.append(ids[: share * seq_len].view(share, seq_len))
+        sources.append(CalibrationSource(name, corpus.source, hashlib.sha256(corpus.text.encode()).hexdigest(),
+                                         ids.numel(), share))
+    return Calibration(torch.cat(chunks), sources)

@@ -1,0 +1,156 @@
+"""Text corpora: local files, built-in names with a local copy, or hub datasets — loaded with ``datasets``.
+
+Built-in names (``NAME`` or ``NAME:SPLIT``):
+  wikitext2[:test]     WikiText-2 raw test            (local: wikitext-2-raw/wiki.test.raw)
+  wikitext2:valid      WikiText-2 validation          (local: wikitext-2/valid.txt, the tokenized v1 copy)
+  tinystories[:validation]  TinyStories validation    (local: tinystories/validation-head.txt, ~800 KB head)
+  tinystories:train    TinyStories train              (local: tinystories/train-head.txt, ~200 KB head)
+The local folder is ``$PUTRI_EXPORT_DATA``, else ``../shared/data`` (from the working directory or the
+repository) when it exists; otherwise the hub dataset is tried. Convention: calibrate on a split that
+is never evaluated (``wikitext2:valid``, ``tinystories:train``), evaluate on the others.
+
+Documents are the non-empty lines of a text file (or rows of a JSONL/Parquet ``text`` column); a
+corpus is the documents joined with a blank line, as in the original raw files.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..errors import PutriError
+
+DATA_ENV = "PUTRI_EXPORT_DATA"
+LOCAL_SUFFIXES = {".txt": "text", ".raw": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+DOC_SEPARATOR = "\n\n"
+# Calibration by default: never the evaluated splits (WikiText-2 raw test, TinyStories validation).
+DEFAULT_CALIBRATION = "wikitext2:valid,tinystories:train"
+
+
+@dataclass(frozen=True)
+class BuiltinSplit:
+    local: str  # path under the local data folder
+    hub: tuple[str, str | None, str]  # (dataset, config, split) for datasets.load_dataset
+
+
+BUILTIN_DATA: dict[str, dict[str, BuiltinSplit]] = {
+    "wikitext2": {
+        "test": BuiltinSplit("wikitext-2-raw/wiki.test.raw", ("wikitext", "wikitext-2-raw-v1", "test")),
+        "valid": BuiltinSplit("wikitext-2/valid.txt", ("wikitext", "wikitext-2-v1", "validation")),
+    },
+    "tinystories": {
+        "validation": BuiltinSplit("tinystories/validation-head.txt", ("roneneldan/TinyStories", None, "validation")),
+        "train": BuiltinSplit("tinystories/train-head.txt", ("roneneldan/TinyStories", None, "train")),
+    },
+}
+DEFAULT_SPLIT = {"wikitext2": "test", "tinystories": "validation"}
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str  # what the user asked for
+    source: str  # the file or hub dataset actually read
+    documents: list[str]
+
+    @property
+    def text(self) -> str:
+        return DOC_SEPARATOR.join(self.documents)
+
+
+def local_data_dir() -> Path | None:
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env)
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        candidate = base.parent / "shared" / "data"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def load_corpus(spec: str, text_column: str = "text") -> Corpus:
+    """Load a corpus from a local file, a built-in name, or a hub dataset name."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return Corpus(spec, str(path), _load_local(path, text_column))
+    name, _, split = spec.partition(":")
+    if name.lower() in BUILTIN_DATA:
+        return _load_builtin(name.lower(), split or DEFAULT_SPLIT[name.lower()], spec)
+    if path.suffix in LOCAL_SUFFIXES or os.sep in spec:
+        raise PutriError(f"data file not found: {spec}")
+    return _load_hub(spec, name, split or "train", None, text_column, builtin_hint=True)
+
+
+def _load_local(path: Path, text_column: str) -> list[str]:
+    builder = LOCAL_SUFFIXES.get(path.suffix.lower())
+    if builder is None:
+        raise PutriError(f"unsupported data file {path}: accepted suffixes are {', '.join(sorted(LOCAL_SUFFIXES))}")
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(builder, data_files=str(path), split="train")
+    except Exception as e:
+        raise PutriError(f"could not read {path} as {builder}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    if text_column not in ds.column_names:
+        raise PutriError(f"{path} has no column {text_column!r} (columns: {', '.join(ds.column_names)})")
+    return _documents(ds[text_column])
+
+
+def _load_builtin(name: str, split: str, spec: str) -> Corpus:
+    splits = BUILTIN_DATA[name]
+    if split not in splits:
+        raise PutriError(f"unknown split {split!r} for {name}: choose one of {', '.join(splits)}")
+    entry = splits[split]
+    root = local_data_dir()
+    local = root / entry.local if root is not None else None
+    if local is not None and local.is_file():
+        return Corpus(spec, str(local), _load_local(local, "text"))
+    where = f"{local}" if local is not None else f"${DATA_ENV} or ../shared/data (neither exists)"
+    dataset, config, hub_split = entry.hub
+    try:
+        return _load_hub(spec, dataset, hub_split, config, "text")
+    except PutriError as e:
+        raise PutriError(f"dataset {spec!r} not available: no local copy at {where}, and the hub failed "
+                         f"({e})") from None
+
+
+def hub_unreachable_reason() -> str | None:
+    """Why the Hugging Face hub cannot be used (offline mode, no route), or None; answers in seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or \
+            os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return "offline mode is set"
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as e:
+        return f"{host} is not reachable ({e.strerror or type(e).__name__})"
+    return None
+
+
+def _load_hub(spec: str, dataset: str, split: str, config: str | None, text_column: str,
+              builtin_hint: bool = False) -> Corpus:
+    hint = f" — not a local file and not a built-in name ({', '.join(sorted(BUILTIN_DATA))})" if builtin_hint else ""
+    # Checked first: the hub client retries a dead network for half a minute before failing.
+    reason = hub_unreachable_reason()
+    if reason is not None:
+        raise PutriError(f"unknown dataset {spec!r}{hint}; the hub cannot be asked: {reason}")
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(dataset, config, split=split)
+    except Exception as e:
+        raise PutriError(f"unknown dataset {spec!r}{hint}; hub load of {dataset!r} failed: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if text_column not in ds.column_names:
+        raise PutriError(f"hub dataset {dataset!r} has no column {text_column!r} (columns: {ds.column_names})")
+    return Corpus(spec, f"hub:{dataset}" + (f"/{config}" if config else "") + f":{split}", _documents(ds[text_column]))
+
+
+def _documents(rows: list[str]) -> list[str]:
+    docs = [r.strip("\r\n") for r in rows if r is not None and r.strip()]
+    if not docs:
+        raise PutriError("the corpus is empty (no non-empty text rows)")
+    return docs

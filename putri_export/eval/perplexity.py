@@ -1,0 +1,82 @@
+"""Perplexity with the standard protocol: join documents, tokenize once, non-overlapping windows.
+
+The same windows are scored for every model and artifact: a ``LogitsFn`` maps token windows [B, T] to
+logits [B, T, V], from PyTorch (:func:`torch_logits_fn`) or from any runtime that gives one sequence's
+logits (:func:`runtime_logits_fn`: llama.cpp, ONNX Runtime, in their child processes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import Corpus, windows
+
+
+@dataclass
+class PerplexityResult:
+    perplexity: float
+    mean_nll: float
+    windows: int
+    predicted_tokens: int  # windows × (seq_len − 1): the first token of a window has no context
+    seq_len: int
+    corpus_tokens: int
+    data: str
+    data_source: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def window_nll(logits_fn: LogitsFn, batch: torch.Tensor) -> torch.Tensor:
+    """Summed NLL (float64) of tokens 1..T−1 of each window, given logits for the whole window."""
+    logits = logits_fn(batch).float()
+    logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+    nll = -logprobs.gather(-1, batch[:, 1:, None]).squeeze(-1)
+    return nll.double().sum()
+
+
+def perplexity(
+    logits_fn: LogitsFn,
+    ids: torch.Tensor,
+    seq_len: int,
+    max_windows: int | None = None,
+    batch_size: int = 1,
+    corpus: Corpus | None = None,
+    progress: bool = True,
+) -> PerplexityResult:
+    """Mean NLL over all predicted tokens of ``ids`` cut into windows; ``logits_fn`` maps [B, T] → [B, T, V]."""
+    wins = windows(ids, seq_len, max_windows)
+    total = 0.0
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(wins), batch_size), desc="perplexity", unit="batch", disable=not progress):
+            total += float(window_nll(logits_fn, wins[start : start + batch_size]))
+    count = len(wins) * (seq_len - 1)
+    mean = total / count
+    return PerplexityResult(
+        perplexity=math.exp(mean), mean_nll=mean, windows=len(wins), predicted_tokens=count, seq_len=seq_len,
+        corpus_tokens=int(ids.numel()), data=corpus.name if corpus else "", data_source=corpus.source if corpus else "",
+    )
+
+
+def torch_logits_fn(model: torch.nn.Module) -> LogitsFn:
+    def fn(batch: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=batch, use_cache=False).logits
+
+    return fn
+
+
+def runtime_logits_fn(runtime) -> LogitsFn:
+    """Windows through a runtime that scores one sequence at a time (``runtime.logits(tokens) -> [T, V]``)."""
+    def fn(batch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.stack([runtime.logits(row.tolist()) for row in batch]))
+
+    return fn

@@ -1,0 +1,170 @@
+"""ONNX export with a per-layer KV cache, for ONNX Runtime.
+
+onnxruntime-genai's builder and optimum's Llama config assume one head count for all layers, so the
+graph is exported here: ``torch.onnx.export(dynamo=True)`` of a thin wrapper that takes one (key,
+value) pair per attention layer, rebuilds transformers' ``DynamicCache`` and runs our model. Inputs:
+``input_ids``, ``attention_mask`` (past + new), ``position_ids``, ``past_key_values.{l}.key/value``
+[batch, K_l, past, head_dim] for each layer l with attention; outputs ``logits`` and
+``present.{l}.key/value``. ``putri_onnx.json`` beside the model describes this layout.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from ..atomic import staged
+from ..errors import PutriError
+from ..model import PutriLlamaForCausalLM
+from ..runtime.ort import LAYOUT_FILE
+from .formats import QUANTIZATIONS
+
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "chat_template.jinja", "generation_config.json")
+
+
+def attention_layers(model: PutriLlamaForCausalLM) -> list[int]:
+    return [i for i, h in enumerate(model.config.num_attention_heads_per_layer) if h > 0]
+
+
+class _CachedDecoder(nn.Module):
+    """Flat per-layer KV tensors in and out, transformers' cache and model inside."""
+
+    def __init__(self, model: PutriLlamaForCausalLM):
+        super().__init__()
+        self.model = model
+        self.layers = attention_layers(model)
+
+    def forward(self, input_ids, attention_mask, position_ids, past):
+        cache = DynamicCache(config=self.model.config)
+        for (key, value), layer in zip(past, self.layers):
+            cache.update(key, value, layer)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         cache=cache, use_cache=True)
+        present = []
+        for layer in self.layers:
+            present += [cache.layers[layer].keys, cache.layers[layer].values]
+        return (out.logits, *present)
+
+
+class _DecoderWithoutCache(_CachedDecoder):
+    """A model without attention layers has no cache inputs (the mask and positions are still taken, unused)."""
+
+    def forward(self, input_ids, attention_mask, position_ids):
+        return super().forward(input_ids, attention_mask, position_ids, ())
+
+
+def _example_inputs(model: PutriLlamaForCausalLM):
+    # Batch ≥ 2 and a non-empty past: size-0/1 example dims would be frozen into the graph.
+    c = model.config
+    batch, new, past = 2, 5, 3
+    ids = torch.randint(0, c.vocab_size, (batch, new))
+    mask = torch.ones(batch, past + new, dtype=torch.long)
+    pos = torch.arange(past, past + new)[None].expand(batch, -1)
+    kv = tuple(
+        (torch.zeros(batch, c.num_key_value_heads_per_layer[l], past, c.head_dim),
+         torch.zeros(batch, c.num_key_value_heads_per_layer[l], past, c.head_dim))
+        for l in attention_layers(model))
+    return ids, mask, pos, kv
+
+
+def layout(model: PutriLlamaForCausalLM, quantization: str) -> dict:
+    c = model.config
+    layers = attention_layers(model)
+    return {
+        "format": "putri-export onnx decoder v1",
+        "model_file": MODEL_FILE,
+        "quantization": quantization,
+        "num_hidden_layers": c.num_hidden_layers,
+        "head_dim": c.head_dim,
+        "vocab_size": c.vocab_size,
+        "max_position_embeddings": c.max_position_embeddings,
+        "num_attention_heads_per_layer": list(c.num_attention_heads_per_layer),
+        "num_key_value_heads_per_layer": list(c.num_key_value_heads_per_layer),
+        "intermediate_size_per_layer": list(c.intermediate_size_per_layer),
+        "cache_layers": layers,
+        "inputs": ["input_ids", "attention_mask", "position_ids"]
+        + [f"past_key_values.{l}.{kv}" for l in layers for kv in ("key", "value")],
+        "outputs": ["logits"] + [f"present.{l}.{kv}" for l in layers for kv in ("key", "value")],
+        "kv_dtype": "float32",
+        "padding_side": "any (attention_mask is honoured; position_ids must skip padding)",
+    }
+
+
+def write_onnx(model: PutriLlamaForCausalLM, tokenizer_dir: Path, out: Path, quantization: str = "none",
+               opset: int = 23, overwrite: bool = False) -> dict:
+    """Export to the folder ``out`` (temp folder + rename: nothing partial is left behind)."""
+    if quantization not in QUANTIZATIONS:
+        raise PutriError(f"unknown --quantize {quantization!r}: choose one of {', '.join(QUANTIZATIONS)}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise PutriError(f"{out} exists; pass --overwrite to replace it")
+    spec = layout(model, quantization)
+    with staged(out, make_dir=True) as tmp:
+        _export_graph(model, tmp / ("fp32.onnx" if quantization != "none" else MODEL_FILE), spec, opset)
+        if quantization in ("int8", "int4"):
+            _quantize_weights(tmp / "fp32.onnx", tmp / MODEL_FILE, bits=int(quantization[3:]))
+        if quantization != "none":
+            for f in tmp.glob("fp32.onnx*"):
+                f.unlink()
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
+        (tmp / LAYOUT_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    return spec
+
+
+NBITS_BLOCK = 32
+ACCURACY_LEVEL = 4  # MatMulNBits computes with int8-quantized activation blocks: the CPU kernel's fast path
+
+
+def _quantize_weights(src: Path, dst: Path, bits: int) -> None:
+    """Weight-only quantization of every MatMul weight to onnxruntime's MatMulNBits, blocks of 32 along K.
+
+    8 bits: round-to-nearest, symmetric. 4 bits: HQQ (asymmetric, fitted scales and zero points; no
+    calibration data). Activations are never quantized per tensor: SmolLM2's outlier channels made
+    ``quantize_dynamic``'s per-tensor uint8 activations cost +60% perplexity (MatMulNBits int8: +1%).
+    """
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    model = onnx.load(str(src))
+    if bits == 8:
+        config = nbits.DefaultWeightOnlyQuantConfig(block_size=NBITS_BLOCK, is_symmetric=True, bits=8,
+                                                    accuracy_level=ACCURACY_LEVEL)
+    else:
+        config = nbits.HQQWeightOnlyQuantConfig(block_size=NBITS_BLOCK, bits=4)
+    quantizer = nbits.MatMulNBitsQuantizer(model, algo_config=config)
+    quantizer.process()
+    graph = quantizer.model.model.graph
+    for node in graph.node:  # HQQ leaves accuracy_level unset (fp32 compute): ask for the int8 kernel too
+        if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
+            node.attribute.append(onnx.helper.make_attribute("accuracy_level", ACCURACY_LEVEL))
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=True)
+    for f in dst.parent.glob(dst.name + "*"):
+        f.chmod(0o644)  # the quantizer writes its data file owner-only
+
+
+def _export_graph(model: PutriLlamaForCausalLM, path: Path, spec: dict, opset: int) -> None:
+    layers = spec["cache_layers"]
+    batch, seq, total, past = (torch.export.Dim(n) for n in ("batch", "seq", "total", "past"))
+    dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: total},
+               "position_ids": {0: batch, 1: seq}, "past": tuple(({0: batch, 2: past}, {0: batch, 2: past})
+                                                                 for _ in layers)}
+    decoder, inputs = _CachedDecoder(model).eval(), _example_inputs(model)
+    if not layers:  # no attention anywhere: torch.export cannot match an empty tuple input, so leave it out
+        decoder, inputs = _DecoderWithoutCache(model).eval(), inputs[:3]
+        del dynamic["past"]
+    with torch.no_grad():
+        torch.onnx.export(decoder, inputs, str(path), dynamo=True,
+                          dynamic_shapes=dynamic, input_names=spec["inputs"], output_names=spec["outputs"],
+                          opset_version=opset, verbose=False)

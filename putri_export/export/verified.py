@@ -1,0 +1,76 @@
+"""Export + verify as one step: an artifact reaches its final name only after it passed parity in its runtime."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import PutriError
+from .checks import ParityCheck
+from .formats import FORMATS
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    variant: str
+    written: bool  # False: parity failed, nothing at ``path``
+    bytes: int = 0
+    export_seconds: float = 0.0
+    parity: object | None = None  # verify.ParityReport, None when not verified
+    notes: list[str] = field(default_factory=list)  # exporter workarounds, fallback tensor types
+
+
+def artifact_bytes(path: Path) -> int:
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def export_verified(model, tokenizer, source: Path, out: Path, fmt: str, variant: str, *, verify: bool = True,
+                    check: ParityCheck | None = None, threads: int | None = None, progress: bool = True
+                    ) -> ExportResult:
+    """Write ``model`` as ``fmt`` (``gguf`` type or ONNX quantization ``variant``) under a staging name beside
+    ``out``, verify it against ``model`` in its own runtime, and rename it to ``out`` only if it passed.
+
+    ``source``: the HF folder ``model`` came from (tokenizer files). A failed parity check returns
+    ``written=False``; an export error raises. Either way nothing is left at ``out`` or beside it.
+    """
+    import torch
+
+    from ..atomic import commit, remove, staging_path
+    from .verify import verify_artifact
+
+    if fmt not in FORMATS:
+        raise PutriError(f"unknown format {fmt!r}: choose from {', '.join(FORMATS)}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = staging_path(out, "unverified")
+    result = ExportResult(out, fmt, variant, written=False)
+    try:
+        t0 = time.perf_counter()
+        if fmt == "gguf":
+            from .gguf import write_gguf
+
+            with torch.no_grad():
+                report = write_gguf(model, source, tmp, variant, name=out.stem, progress=progress)
+            result.notes = list(report.workarounds) + [f"{name} kept as {kind} (rows not a multiple of the block)"
+                                                       for name, kind in report.fallback_tensors.items()]
+        else:
+            from .onnx import write_onnx
+
+            write_onnx(model, source, tmp, variant, overwrite=True)
+        result.export_seconds = time.perf_counter() - t0
+        if verify:
+            result.parity = verify_artifact(tmp, source, check, threads, progress=progress, loaded=(model, tokenizer))
+            if not result.parity.passed:
+                return result
+        commit(tmp, out)
+        if result.parity is not None:
+            result.parity.artifact = str(out)  # it was checked under the staging name
+        result.written = True
+        result.bytes = artifact_bytes(out)
+        return result
+    finally:
+        remove(tmp)

@@ -1,0 +1,36 @@
+"""What every pruning method is given: the context it prunes in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data import Calibration
+from ..model import PutriLlamaForCausalLM
+from ..resume import ResumeStore
+from .settings import PruneSettings
+from .stream import BlockRunner
+
+
+@dataclass
+class PruneContext:
+    """A pruning run in progress: the model (modified in place), its calibration, the settings, the block
+    runner, the resume store, and ``dense_cache`` (statistics of the dense model a caller reuses across
+    sparsities: 2SSP activation norms, ShortGPT block influence, FLAP fluctuations)."""
+
+    model: PutriLlamaForCausalLM
+    calib: Calibration
+    settings: PruneSettings
+    runner: BlockRunner
+    store: ResumeStore
+    progress: bool = True
+    dense_cache: dict | None = None
+
+    def attention_slice(self) -> torch.Tensor:
+        """The calibration slice that scores attention removals: ``attn_samples`` windows spread over the set,
+        their first ``attn_len`` tokens."""
+        ids, s = self.calib.ids, self.settings
+        count = min(s.attn_samples, ids.shape[0])
+        rows = [round(i * ids.shape[0] / count) for i in range(count)]
+        return ids[rows, : s.attn_len]

@@ -1,0 +1,219 @@
+"""Stages Putri and 2SSP share: a resumable FFN pass, greedy attention removal by calibration loss, and the
+physical removal of the masked head groups (with Putri's optional o_proj refit)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..model import PutriLlamaForCausalLM, keep_ffn_neurons, keep_kv_groups, layer_group_channels
+from .context import PruneContext
+from .obs import LinearPruner
+from .stream import BlockRunner, ChannelMask, capture_inputs, sequential
+
+# ---------------------------------------------------------------------------------------------
+# FFN pass: block by block, resumable after every block
+
+
+def _ffn_tensors(model: PutriLlamaForCausalLM, layer_idx: int) -> dict[str, torch.Tensor]:
+    mlp = model.model.layers[layer_idx].mlp
+    if mlp is None:
+        return {}
+    return {"gate": mlp.gate_proj.weight.data, "up": mlp.up_proj.weight.data, "down": mlp.down_proj.weight.data}
+
+
+def _restore_ffn(model: PutriLlamaForCausalLM, layer_idx: int, tensors: dict[str, torch.Tensor]) -> None:
+    width = tensors["down"].shape[1] if tensors else 0
+    keep_ffn_neurons(model, layer_idx, range(width))
+    if width:
+        mlp = model.model.layers[layer_idx].mlp
+        mlp.gate_proj.weight.data.copy_(tensors["gate"])
+        mlp.up_proj.weight.data.copy_(tensors["up"])
+        mlp.down_proj.weight.data.copy_(tensors["down"])
+
+
+FFNVisitor = Callable[[int, torch.Tensor], "tuple[dict, torch.Tensor | None]"]
+
+
+def ffn_pass(ctx: PruneContext, visit: FFNVisitor, desc: str) -> tuple[list[dict], bool]:
+    """Run ``visit(l, h)`` on every FFN's input stream, block by block, saving the pruned FFN and the stream
+    after each block so that ``--resume`` continues from the last finished one. ``visit`` returns the layer's
+    log entry and, optionally, the stream after the FFN (None: run the possibly pruned FFN).
+    Returns the log and whether the pass started from the first block."""
+    model, store = ctx.model, ctx.store
+    done = store.get("ffn_done", 0)
+    log: list[dict] = store.get("ffn_log", [])
+    for l in range(done):
+        _restore_ffn(model, l, store.tensors(f"ffn{l}"))
+    hidden = store.tensors("hidden")["hidden"] if done else ctx.runner.embed(ctx.calib.ids)
+
+    def on_ffn(l: int, h: torch.Tensor) -> torch.Tensor | None:
+        entry, out = visit(l, h)
+        log.append(entry)
+        return out
+
+    def checkpoint(l: int, _x_in: torch.Tensor, x_out: torch.Tensor) -> None:
+        store.save({"hidden": {"hidden": x_out}, f"ffn{l}": _ffn_tensors(model, l)}, ffn_done=l + 1, ffn_log=log)
+
+    sequential(ctx.runner, hidden, ffn=on_ffn, after_block=checkpoint, start=done, desc=desc, progress=ctx.progress)
+    return log, done == 0
+
+
+def keep_top(model: PutriLlamaForCausalLM, layer: int, scores: torch.Tensor, keep: int) -> None:
+    """Keep the ``keep`` FFN neurons of ``layer`` with the highest ``scores``."""
+    keep_ffn_neurons(model, layer, torch.sort(torch.topk(scores, keep).indices).values.tolist())
+
+
+# ---------------------------------------------------------------------------------------------
+# Greedy removal by calibration loss
+
+
+@dataclass
+class GreedyRound:
+    removed: list
+    losses: dict = field(default_factory=dict)  # candidate -> trial loss this round
+
+
+def greedy_removal(candidates: Sequence[Hashable], trial_loss: Callable[[Hashable], float],
+                   remove: Callable[[list], None], rounds: int, per_round: int,
+                   on_round: Callable[[GreedyRound], None] | None = None) -> list[GreedyRound]:
+    """Repeat ``rounds`` times: try removing each remaining candidate alone, then remove the
+    ``per_round`` candidates whose removal hurt least (lowest trial loss). Ties break by order."""
+    remaining = list(candidates)
+    history = []
+    for _ in range(rounds):
+        if not remaining:
+            break
+        losses = {c: trial_loss(c) for c in remaining}
+        chosen = sorted(remaining, key=lambda c: (losses[c], remaining.index(c)))[:per_round]
+        remove(chosen)
+        remaining = [c for c in remaining if c not in chosen]
+        record = GreedyRound(removed=chosen, losses=losses)
+        history.append(record)
+        if on_round is not None:
+            on_round(record)
+    return history
+
+
+class SliceEvaluator:
+    """Calibration loss of the model with masked o_proj channels, on a short token slice.
+
+    Caches the hidden states entering every layer for the current masks, so a trial mask in
+    layer l only re-runs layers l..L-1.
+    """
+
+    def __init__(self, runner: BlockRunner, ids: torch.Tensor, masks: dict[int, ChannelMask]):
+        self.runner, self.ids, self.masks = runner, ids, masks
+        self.entering: list[torch.Tensor | None] = [None] * len(runner.layers)
+        self.final: torch.Tensor | None = None
+        self.refresh(0)
+
+    def refresh(self, start: int) -> None:
+        x = self.runner.embed(self.ids) if start == 0 else self.entering[start]
+        self.final = self.runner.blocks(x, start, self.entering)
+
+    def loss(self) -> float:
+        return self.runner.lm_loss(self.final, self.ids)
+
+    def trial(self, layer: int, channels: torch.Tensor) -> float:
+        mask = self.masks[layer]
+        extra = torch.ones_like(mask.mask)
+        extra[channels] = 0
+        mask.extra = extra
+        try:
+            out = self.runner.blocks(self.entering[layer], layer)
+        finally:
+            mask.extra = None
+        return self.runner.lm_loss(out, self.ids)
+
+    def remove(self, items: list[tuple[int, torch.Tensor]]) -> None:
+        for layer, channels in items:
+            self.masks[layer].mask[channels] = 0
+        self.refresh(min(layer for layer, _ in items))
+
+
+def attention_stage(ctx: PruneContext, rounds: int, per_round: int, unit: str
+                    ) -> tuple[dict[int, ChannelMask], list[dict]]:
+    """Greedy removal of KV-head groups (``unit='group'``) or whole attention layers (``'layer'``) by masking,
+    scored by the calibration loss of :meth:`PruneContext.attention_slice`; resumable per round."""
+    model, store = ctx.model, ctx.store
+    c = model.config
+    attn_layers = [l for l in range(c.num_hidden_layers) if model.model.layers[l].self_attn is not None]
+    masks = {l: ChannelMask(model.model.layers[l].self_attn.o_proj) for l in attn_layers}
+    if unit == "group":
+        candidates = [(l, g) for l in attn_layers for g in range(c.num_key_value_heads_per_layer[l])]
+    else:
+        candidates = [(l, None) for l in attn_layers]
+
+    def channels(l: int, g: int | None) -> torch.Tensor:
+        return layer_group_channels(model, l, None if g is None else [g])
+
+    history: list[dict] = store.get("attn_rounds", [])
+    for record in history:
+        for l, g in record["removed"]:
+            masks[l].mask[channels(l, g)] = 0
+            candidates.remove((l, g))
+    if rounds - len(history) <= 0 or not candidates:
+        return masks, history
+    evaluator = SliceEvaluator(ctx.runner, ctx.attention_slice(), masks)
+    bar = tqdm(total=rounds, initial=len(history), desc=f"stage 2: attention {unit}s", unit="round",
+               disable=not ctx.progress)
+
+    def on_round(r: GreedyRound) -> None:
+        history.append({"removed": [list(x) for x in r.removed],
+                        "trial_losses": {f"{l}:{g}": v for (l, g), v in r.losses.items()},
+                        "loss_after": evaluator.loss()})
+        store.save(attn_rounds=history)
+        bar.update(1)
+        bar.set_postfix(loss=f"{history[-1]['loss_after']:.4f}")
+
+    greedy_removal(candidates, lambda cand: evaluator.trial(cand[0], channels(*cand)),
+                   lambda chosen: evaluator.remove([(l, channels(l, g)) for l, g in chosen]),
+                   rounds - len(history), per_round, on_round)
+    bar.close()
+    return masks, history
+
+
+def masked_groups(model: PutriLlamaForCausalLM, masks: dict[int, ChannelMask]) -> dict[int, list[int]]:
+    """Remove the mask hooks; return the KV-head groups each layer lost."""
+    removed = {}
+    for l, mask in masks.items():
+        mask.remove()
+        kv = model.config.num_key_value_heads_per_layer[l]
+        removed[l] = [g for g in range(kv) if not bool(mask.mask[layer_group_channels(model, l, [g])[0]].item())]
+    return removed
+
+
+def remove_head_groups(ctx: PruneContext, removed: dict[int, list[int]], refit: bool) -> list[dict]:
+    """Physically delete head groups; with ``refit``, re-solve the kept o_proj columns by least squares on the
+    o_proj inputs of the already-pruned model, block by block (sequential, like stage 1)."""
+    model, runner, s = ctx.model, ctx.runner, ctx.settings
+    log: list[dict] = []
+
+    def remove(l: int, x: torch.Tensor | None) -> None:
+        groups = removed.get(l, [])
+        if not groups:
+            return
+        layer = model.model.layers[l]
+        keep_groups = [g for g in range(model.config.num_key_value_heads_per_layer[l]) if g not in groups]
+        columns = None
+        if x is not None and keep_groups:
+            pruner = LinearPruner(layer.self_attn.o_proj.weight)
+            with capture_inputs(layer.self_attn.o_proj, pruner.add_batch):
+                runner.attention(layer, x)
+            columns = pruner.refit(layer_group_channels(model, l, keep_groups), s.update_damping)
+        keep_kv_groups(model, l, keep_groups)
+        if columns is not None:
+            layer.self_attn.o_proj.weight.data.copy_(columns)
+        log.append({"layer": l, "kept_groups": keep_groups, "refit": columns is not None})
+
+    if refit:
+        sequential(runner, runner.embed(ctx.calib.ids), attention=lambda l, x: remove(l, x),
+                   desc="resizing attention + o_proj refit", progress=ctx.progress)
+    else:
+        for l in range(model.config.num_hidden_layers):
+            remove(l, None)
+    return log

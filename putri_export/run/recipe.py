@@ -1,0 +1,87 @@
+"""The settings of ``putri-export run``: one recipe, given as flags or as a JSON/YAML file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from ..data import DEFAULT_CALIBRATION
+from ..errors import PutriError
+from ..export import FORMATS, GGUF_TYPES, QUANTIZATIONS
+from ..options import option
+from ..prune import check_sparsity
+
+
+@dataclass
+class Recipe:
+    """Every setting of ``putri-export run`` (flags and recipe-file keys are these fields)."""
+
+    model: str = option("smollm2-135m", "HF folder or built-in name")
+    sparsity: float = option(0.5, "fraction of block parameters to remove, [0, 1)")
+    search: bool = option(False, "Týr-style search of per-layer widths before pruning")
+    formats: list[str] = option(["gguf", "onnx"], f"artifact formats ({', '.join(FORMATS)})")
+    gguf_types: list[str] = option(["q8_0"], f"GGUF types ({', '.join(GGUF_TYPES)})")
+    onnx_quantize: list[str] = option(["none", "int8"], f"ONNX quantizations ({', '.join(QUANTIZATIONS)})")
+    calib: str = option(DEFAULT_CALIBRATION, "calibration data (comma-separated specs, split evenly)")
+    calib_samples: int = option(64, "calibration windows")
+    calib_len: int = option(512, "tokens per calibration window")
+    search_options: dict = option({}, "SearchSettings fields for --search (recipe file only)")
+    eval_data: list[str] = option(["wikitext2", "tinystories"], "corpora every model and artifact is scored on")
+    eval_windows: int = option(8, "perplexity windows per corpus")
+    seq_len: int = option(512, "tokens per perplexity window")
+    verify_windows: int = option(4, "perplexity windows of each artifact's parity check")
+    bench: bool = option(True, "benchmark dense vs pruned in every runtime")
+    bench_depths: list[int] = option([0, 512], "context depths of the benchmark")
+    bench_repeats: int = option(3, "timed repeats per benchmark configuration")
+    prompt_tokens: int = option(128, "benchmark prompt tokens")
+    gen_tokens: int = option(32, "benchmark decoded tokens")
+    threads: int | None = option(None, "threads for torch and the runtimes (default: all cores)")
+
+    def check(self) -> None:
+        check_sparsity(self.sparsity)
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or not self.formats:
+            raise PutriError(f"unknown format(s) {bad or self.formats}: choose from {', '.join(FORMATS)}")
+        bad = [t for t in self.gguf_types if t not in GGUF_TYPES]
+        if bad:
+            raise PutriError(f"unknown GGUF type(s) {bad}: choose from {', '.join(GGUF_TYPES)}")
+        bad = [q for q in self.onnx_quantize if q not in QUANTIZATIONS]
+        if bad:
+            raise PutriError(f"unknown ONNX quantization(s) {bad}: choose from {', '.join(QUANTIZATIONS)}")
+        if self.eval_windows < 1 or self.verify_windows < 1 or self.seq_len < 16:
+            raise PutriError("eval-windows and verify-windows must be >= 1 and seq-len >= 16")
+        if self.bench and (self.bench_repeats < 1 or any(d < 0 for d in self.bench_depths) or not self.bench_depths):
+            raise PutriError("bench needs repeats >= 1 and non-negative depths")
+
+    def variants(self, fmt: str) -> list[str]:
+        return self.gguf_types if fmt == "gguf" else self.onnx_quantize if fmt == "onnx" else ["fp32"]
+
+    @classmethod
+    def from_file(cls, path: Path, overrides: dict) -> Recipe:
+        """A JSON or YAML recipe; keys are the field names (``-`` or ``_``); command-line flags win."""
+        path = Path(path)
+        if not path.is_file():
+            raise PutriError(f"recipe not found: {path}")
+        text = path.read_text()
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as e:
+            raise PutriError(f"recipe {path} could not be parsed: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise PutriError(f"recipe {path} must be a mapping of settings, got {type(data).__name__}")
+        data = {k.replace("-", "_"): v for k, v in data.items()}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PutriError(f"recipe {path}: unknown key(s) {', '.join(unknown)}; accepted: "
+                             f"{', '.join(sorted(known))}")
+        try:
+            return cls(**{**data, **overrides})
+        except TypeError as e:
+            raise PutriError(f"recipe {path}: {e}") from None

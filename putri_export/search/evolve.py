@@ -1,0 +1,144 @@
+"""Týr-style global search of per-layer widths on top of Putri's local pruners.
+
+Plumbing around three small units: the search space and its budget-keeping moves (``space.py``), the
+KL-to-dense fitness (``fitness.py``) and :func:`evolve` (offspring scored in stages of growing calibration
+size, parent always kept). :func:`search` iterates coarse to fine, rebuilding the supernet around the best
+configuration with half the step, and saves its progress after every iteration.
+"""
+
+from __future__ import annotations
+
+import random
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..data import Calibration
+from ..model import PutriLlamaForCausalLM, Widths, param_counts
+from ..resume import ResumeStore, fingerprint, model_fingerprint
+from .fitness import FitnessEvaluator
+from .settings import SearchSettings
+from .space import Config, config_widths, initial_config, level_grid, mutate, repair_budget, sublayers
+from .supernet import VariantBank, build_supernet
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Generation:
+    best: float  # parent's fitness after this generation (last-stage tokens)
+    evaluated: int
+    improved: bool
+
+
+def evolve(parent: Config, parent_fitness: float, levels: list[list[int]], kinds: list[str],
+           fitness: FitnessEvaluator, bank: VariantBank, settings: SearchSettings, rng: random.Random,
+           desc: str, progress: bool = True) -> tuple[Config, float, list[Generation]]:
+    history = []
+    bar = tqdm(range(settings.generations), desc=desc, unit="gen", disable=not progress)
+    for _ in bar:
+        fitness.set_parent(parent, bank)
+        seen = {parent}
+        pool = []
+        for _try in range(settings.offspring * 4):
+            child = mutate(parent, levels, kinds, rng, settings.max_shifts)
+            if child not in seen:
+                seen.add(child)
+                pool.append(child)
+            if len(pool) == settings.offspring:
+                break
+        evaluated = 0
+        for samples, keep in zip(settings.stage_samples, settings.stage_keep):
+            scored = sorted((fitness(c, samples), i, c) for i, c in enumerate(pool))
+            evaluated += len(pool)
+            pool = [c for _, _, c in scored[:keep]]
+            last = scored[0][0] if scored else float("inf")
+        improved = bool(pool) and last < parent_fitness
+        if improved:
+            parent, parent_fitness = pool[0], last
+        history.append(Generation(parent_fitness, evaluated, improved))
+        bar.set_postfix(kl=f"{parent_fitness:.4f}")
+    return parent, parent_fitness, history
+
+
+@dataclass
+class SearchResult:
+    config: Config
+    uniform: Config
+    widths: Widths
+    uniform_widths: Widths
+    report: dict = field(default_factory=dict)
+    fitness: FitnessEvaluator | None = None  # scores physically pruned models on the search's tokens
+    bank: VariantBank | None = None  # the last iteration's supernet (None when resumed past it)
+
+
+def search(model: PutriLlamaForCausalLM, calib: Calibration, settings: SearchSettings, work_dir: Path,
+           resume: bool = False, progress: bool = True) -> SearchResult:
+    """Coarse-to-fine evolutionary search of per-layer widths (the model is not modified)."""
+    settings.check(calib.ids.shape[0])
+    start = time.perf_counter()
+    work_dir = Path(work_dir)
+    subs = sublayers(model)
+    kinds = [s.kind for s in subs]
+    counts = param_counts(model)
+    target_kept = counts.blocks - round(settings.sparsity * counts.blocks)
+    uniform = initial_config(model, subs, settings.sparsity, settings.alpha)
+    store = ResumeStore(work_dir, fingerprint(asdict(settings), calib.provenance(), model_fingerprint(model)),
+                        resume, what="search")
+    iterations: list[dict] = store.get("iterations", [])
+
+    fitness_ids = calib.ids[: max(settings.stage_samples)]
+    fitness = FitnessEvaluator(model, fitness_ids, settings.top_k, settings.batch_size)
+    last = max(settings.stage_samples)
+    config = tuple(iterations[-1]["best"]) if iterations else uniform
+    side = settings.levels // 2
+    peak_disk = max([it["supernet_bytes"] for it in iterations], default=0)
+    for it in range(len(iterations), settings.iterations):
+        t0 = time.perf_counter()
+        step_frac = settings.step / 2 ** it
+        levels = []
+        for s, u in zip(subs, config):
+            step = max(1, round(step_frac * s.max_units)) if s.max_units else 1
+            levels.append(level_grid(u, step, side, s.max_units) if s.max_units else [0])
+        bank_dir = work_dir / f"supernet{it}"
+        if bank_dir.exists():
+            shutil.rmtree(bank_dir)
+        bank = VariantBank(model, bank_dir)
+        build_supernet(model, calib.ids, {(s.kind, s.layer): lv for s, lv in zip(subs, levels)},
+                       {(s.kind, s.layer): u for s, u in zip(subs, config)}, bank, settings.propagation,
+                       settings.damping, settings.batch_size, progress)
+        disk = bank.disk_bytes()
+        peak_disk = max(peak_disk, disk)
+        t1 = time.perf_counter()
+        fitness.set_parent(config, bank)
+        start_fitness = fitness(config, last)
+        config, best, history = evolve(config, start_fitness, levels, kinds, fitness, bank, settings,
+                                       random.Random(settings.seed * 1000 + it),  # resumes reproducibly
+                                       f"search {it + 1}/{settings.iterations}", progress)
+        iterations.append({
+            "iteration": it, "step": step_frac, "levels_per_sublayer": [len(lv) for lv in levels],
+            "supernet_seconds": t1 - t0, "search_seconds": time.perf_counter() - t1, "supernet_bytes": disk,
+            "start_fitness": start_fitness, "best_fitness": best, "best": list(config),
+            "generations": [asdict(g) for g in history]})
+        store.save(iterations=iterations)
+        if it + 1 < settings.iterations:
+            shutil.rmtree(bank_dir)  # the next iteration builds its own supernet around the new centre
+
+    bank = VariantBank(model, work_dir / f"supernet{settings.iterations - 1}")
+    final = repair_budget(subs, config, target_kept)
+    report = {
+        "settings": asdict(settings), "target_kept_block_params": target_kept,
+        "dense_block_params": counts.blocks, "iterations": iterations,
+        "search_seconds": time.perf_counter() - start, "peak_supernet_bytes": peak_disk,
+        "budget_repair": [{"layer": s.layer, "from": a, "to": b} for s, a, b in zip(subs, config, final)
+                          if a != b and s.kind == "ffn"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    return SearchResult(final, uniform, config_widths(model, final), config_widths(model, uniform),
+                        report, fitness, bank)
+
+

@@ -1,0 +1,89 @@
+"""The whole search job: search (or read) a per-layer distribution, then prune the model to it."""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..data import Calibration
+from ..model import PutriLlamaForCausalLM, Widths, achieved, param_counts
+from .evolve import SearchResult, search
+from .plots import plot_fitness, plot_widths
+from .settings import SearchSettings
+from .space import SubLayer, sublayers
+from .supernet import prune_to_widths
+
+
+def _assemble(result: SearchResult, subs: list[SubLayer]) -> list[dict] | None:
+    """Per-layer weights of the searched configuration taken from the supernet's variants (None if
+    the budget repair moved a width off the supernet's levels, or the supernet is gone)."""
+    searched = tuple(result.report["iterations"][-1]["best"])
+    if result.bank is None or not result.bank.dir.is_dir() or result.config != searched:
+        return None
+    out = []
+    try:
+        for l in range(len(subs) // 2):
+            layer = {}
+            for kind, name in (("attn", "self_attn"), ("ffn", "mlp")):
+                module = result.bank.module(kind, l, result.config[2 * l + (kind == "ffn")])
+                if module is not None:
+                    layer[name] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            out.append(layer)
+    except FileNotFoundError:  # a resumed run whose last supernet was cleaned away: re-pruning only
+        return None
+    return out
+
+
+def search_and_prune(model: PutriLlamaForCausalLM, calib: Calibration, settings: SearchSettings, work_dir: Path,
+                     resume: bool = False, widths_file: Path | None = None, progress: bool = True
+                     ) -> tuple[dict, dict[str, bytes]]:
+    """Prune ``model`` in place to searched (or given) per-layer widths; return the report and its plots."""
+    start = time.perf_counter()
+    dense = param_counts(model)
+    subs = sublayers(model)
+    dense_widths = Widths.from_config(model.config)
+    report: dict = {"calibration": calib.provenance()}
+    plots: dict[str, bytes] = {}
+    if widths_file is not None:
+        target = Widths.read(widths_file, dense_widths)
+        report["distribution"] = {"source": str(widths_file)}
+        result = None
+    else:
+        result = search(model, calib, settings, work_dir, resume, progress)
+        target = result.widths
+        report.update(result.report)
+        report["uniform_widths"] = result.uniform_widths.to_json()
+        plots["search_widths.png"] = plot_widths(dense_widths, result.uniform_widths, result.widths)
+        plots["search_fitness.png"] = plot_fitness(result.report["iterations"])
+    # The searched configuration exists twice: assembled from supernet variants (fitted on expected
+    # inputs) and re-pruned at its widths on the real pruned prefix. Keep whichever is closer to dense.
+    assembled = _assemble(result, subs) if result is not None else None
+    with torch.no_grad():
+        log = prune_to_widths(model, calib.ids, target, settings.damping, settings.batch_size, progress)
+    if result is not None:
+        last = max(settings.stage_samples)
+        kl_repruned = result.fitness.model_kl(model, last)
+        kl_assembled = result.report["iterations"][-1]["best_fitness"] if assembled is not None else None
+        use_assembled = kl_assembled is not None and kl_assembled < kl_repruned
+        if use_assembled:
+            for l, layer in enumerate(model.model.layers):
+                for name, state in assembled[l].items():
+                    getattr(layer, name).load_state_dict(state)
+        report["final_kl"] = {"assembled_from_supernet": kl_assembled, "repruned_at_widths": kl_repruned,
+                              "chosen": "assembled" if use_assembled else "repruned",
+                              "kl": result.fitness.model_kl(model, last), "tokens": last * calib.ids.shape[1]}
+        shutil.rmtree(work_dir, ignore_errors=True)
+    report.update({
+        "method": "putri+search" if widths_file is None else "putri (given widths)",
+        "sparsity_target": settings.sparsity if widths_file is None else None,
+        **achieved(model, dense.blocks, dense.total),
+        "widths": Widths.from_config(model.config).to_json(),
+        "prune_log": log,
+        "seconds": time.perf_counter() - start,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    })
+    return report, plots

@@ -1,0 +1,132 @@
+"""Týr's search space: a configuration is the kept units of every sub-layer (KV-head groups of each attention,
+neurons of each FFN), and the moves that keep the attention and FFN budgets fixed."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from ..errors import PutriError
+from ..model import PutriLlamaForCausalLM, Widths, param_counts
+from ..prune.budget import split_budget
+
+Config = tuple[int, ...]  # kept units per sub-layer, in ``sublayers()`` order (attn 0, ffn 0, attn 1, ...)
+
+
+@dataclass(frozen=True)
+class SubLayer:
+    kind: str  # "attn" (units: KV-head groups) or "ffn" (units: neurons)
+    layer: int
+    max_units: int  # units in the model being pruned
+    unit_params: int  # parameters per unit
+    norm_params: int  # the sub-layer's RMSNorm, gone when it keeps no unit
+
+    def params(self, units: int) -> int:
+        return units * self.unit_params + (self.norm_params if units else 0)
+
+
+def sublayers(model: PutriLlamaForCausalLM) -> list[SubLayer]:
+    """Every sub-layer in forward order (attn 0, ffn 0, attn 1, ...), including empty ones."""
+    c = model.config
+    d, hd = c.hidden_size, c.head_dim
+    out = []
+    for l in range(c.num_hidden_layers):
+        kv, heads = c.num_key_value_heads_per_layer[l], c.num_attention_heads_per_layer[l]
+        group = heads // kv if kv else 1
+        out.append(SubLayer("attn", l, kv, d * hd * (2 * group + 2), d))
+        out.append(SubLayer("ffn", l, c.intermediate_size_per_layer[l], 3 * d, d))
+    counts = param_counts(model)
+    for s in out:  # the formula must agree with the modules (it does for bias-free Llama blocks)
+        held = counts.layers[s.layer].attn_params if s.kind == "attn" else counts.layers[s.layer].ffn_params
+        if held != s.params(s.max_units):
+            raise PutriError(f"layer {s.layer} {s.kind}: holds {held} parameters, expected {s.params(s.max_units)}; "
+                             "the search supports Llama blocks without projection biases")
+    return out
+
+
+def level_grid(centre: int, step: int, side: int, max_units: int) -> list[int]:
+    """Unit counts ``centre + j*step`` (|j| <= side) inside [0, max]; 0 and max are added when the
+    window reaches past them (a sub-layer may vanish or stay dense)."""
+    grid = {centre + j * step for j in range(-side, side + 1) if 0 <= centre + j * step <= max_units}
+    if centre - side * step < 0:
+        grid.add(0)
+    if centre + side * step > max_units:
+        grid.add(max_units)
+    return sorted(grid)
+
+
+def initial_config(model: PutriLlamaForCausalLM, subs: list[SubLayer], sparsity: float, alpha: float) -> Config:
+    """Putri's split, spread as evenly as the units allow: the attention head groups it removes go
+    round-robin over the layers, and every FFN keeps the same neuron count (±1)."""
+    budget = split_budget(model, sparsity, alpha)
+    attn = [i for i, s in enumerate(subs) if s.kind == "attn" and s.max_units]
+    ffn = [i for i, s in enumerate(subs) if s.kind == "ffn" and s.max_units]
+    units = [s.max_units for s in subs]
+    groups, extra = divmod(budget.head_groups, len(attn))
+    extra_at = {round((j + 0.5) * len(attn) / extra - 0.5) for j in range(extra)} if extra else set()
+    for j, i in enumerate(attn):
+        units[i] = max(0, units[i] - groups - (1 if j in extra_at else 0))
+    target_kept = budget.block_params - budget.target_removed
+    attn_params = sum(subs[i].params(units[i]) for i in attn)
+    norms = sum(subs[i].norm_params for i in ffn)
+    neurons = round((target_kept - attn_params - norms) / subs[ffn[0]].unit_params)
+    neurons = min(max(neurons, 0), sum(subs[i].max_units for i in ffn))
+    for j, i in enumerate(ffn):  # even spread, each within its width
+        units[i] = min(subs[i].max_units, neurons // len(ffn) + (1 if j < neurons % len(ffn) else 0))
+    return repair_budget(subs, tuple(units), target_kept)
+
+
+def repair_budget(subs: list[SubLayer], config: Config, target_kept: int) -> Config:
+    """Move FFN neurons one at a time (from the widest, to the narrowest) until the kept block
+    parameters are within half a neuron of the target: the search keeps unit totals, and a
+    sub-layer emptied or revived changes the count by its norm."""
+    units = list(config)
+    ffn = [i for i, s in enumerate(subs) if s.kind == "ffn" and s.max_units]
+    half = subs[ffn[0]].unit_params / 2 if ffn else 0
+    for _ in range(sum(s.max_units for s in subs if s.kind == "ffn") + 1):
+        diff = sum(s.params(u) for s, u in zip(subs, units)) - target_kept
+        if abs(diff) <= half:
+            break
+        if diff > 0:
+            options = [i for i in ffn if units[i] > 1] or [i for i in ffn if units[i] > 0]
+            if not options:
+                break
+            units[max(options, key=lambda i: (units[i], -i))] -= 1
+        else:
+            options = ([i for i in ffn if 0 < units[i] < subs[i].max_units]
+                       or [i for i in ffn if units[i] < subs[i].max_units])
+            if not options:
+                break
+            units[min(options, key=lambda i: (units[i], i))] += 1
+    return tuple(units)
+
+
+def mutate(config: Config, levels: list[list[int]], kinds: list[str], rng: random.Random, max_shifts: int) -> Config:
+    """1..max_shifts level shifts: one sub-layer one level sparser, another of the same kind one
+    level denser by exactly as many units, so each kind's total is unchanged."""
+    child = list(config)
+    for _ in range(rng.randint(1, max_shifts)):
+        for _try in range(64):
+            a = rng.randrange(len(child))
+            ia = levels[a].index(child[a])
+            if ia == 0:
+                continue
+            delta = child[a] - levels[a][ia - 1]
+            partners = []
+            for b in range(len(child)):
+                if b == a or kinds[b] != kinds[a]:
+                    continue
+                ib = levels[b].index(child[b])
+                if ib + 1 < len(levels[b]) and levels[b][ib + 1] - child[b] == delta:
+                    partners.append(b)
+            if partners:
+                b = rng.choice(partners)
+                child[a] -= delta
+                child[b] += delta
+                break
+    return tuple(child)
+
+
+def config_widths(model: PutriLlamaForCausalLM, config: Config) -> Widths:
+    """The per-layer widths a configuration keeps (query heads follow each layer's heads per KV head)."""
+    return Widths.from_config(model.config).with_kv_and_ffn(config[0::2], config[1::2])

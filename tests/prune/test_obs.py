@@ -1,0 +1,82 @@
+"""Putri's closed-form math, each on a case whose answer is known."""
+
+from __future__ import annotations
+
+import torch
+
+from putri_export.prune.obs import LinearPruner, damped, least_squares_columns, obs_scores
+
+
+def _gram(z: torch.Tensor) -> torch.Tensor:
+    return z.T.double() @ z.double()
+
+
+def test_least_squares_update_is_exact_when_removed_neurons_depend_on_kept_ones():
+    gen = torch.Generator().manual_seed(0)
+    kept = torch.randn(500, 6, generator=gen, dtype=torch.float64)
+    # Two removed neurons are linear combinations of kept ones.
+    removed = torch.stack([kept[:, 0] * 0.5 - kept[:, 3], kept[:, 1] + 2 * kept[:, 5]], dim=1)
+    z = torch.cat([kept, removed], dim=1)
+    w = torch.randn(10, 8, generator=gen, dtype=torch.float64)
+    new = least_squares_columns(w, _gram(z), torch.arange(6))
+    assert new.shape == (10, 6)
+    torch.testing.assert_close(kept @ new.T, z @ w.T, rtol=1e-9, atol=1e-9)
+    # Plain slicing (no update) does not reproduce it: the test can fail.
+    assert (kept @ w[:, :6].T - z @ w.T).abs().max() > 0.1
+
+
+def test_least_squares_with_every_channel_kept_returns_the_weights():
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(300, 5, generator=gen, dtype=torch.float64)
+    w = torch.randn(4, 5, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(least_squares_columns(w, _gram(z), torch.arange(5)), w, rtol=1e-9, atol=1e-9)
+
+
+def test_least_squares_falls_back_when_kept_block_is_singular():
+    z = torch.zeros(50, 3, dtype=torch.float64)
+    z[:, 0] = torch.linspace(-1, 1, 50)  # channel 1 is dead: H[K, K] singular
+    w = torch.ones(2, 3, dtype=torch.float64)
+    new = least_squares_columns(w, _gram(z), torch.tensor([0, 1]))
+    assert torch.isfinite(new).all()
+    torch.testing.assert_close((z[:, :2] @ new.T), z @ w.T, rtol=1e-9, atol=1e-9)
+
+
+def test_obs_scores_with_independent_channels():
+    # Diagonal H: chol_upper(H^-1)[j, j]^2 = 1 / H[j, j], so score_j = sum_r e_r W[r, j]^2 H[j, j].
+    h = torch.diag(torch.tensor([4.0, 1.0, 9.0], dtype=torch.float64))
+    w = torch.tensor([[1.0, 2.0, 0.5], [0.0, 1.0, 1.0]], dtype=torch.float64)
+    scores, used = obs_scores(w, h, tokens=10, damping=0.0)
+    energy = ((w @ h) * w).sum(1) / 10
+    expected = energy @ (w.pow(2) * torch.diagonal(h))
+    assert used == 0.0
+    torch.testing.assert_close(scores, expected)
+
+
+def test_obs_scores_raise_damping_until_cholesky_works():
+    h = torch.zeros(3, 3, dtype=torch.float64)
+    h[0, 0] = 1.0  # rank 1: undamped Cholesky fails
+    scores, used = obs_scores(torch.ones(2, 3, dtype=torch.float64), h, tokens=1, damping=0.0)
+    assert used > 0 and torch.isfinite(scores).all()
+    assert torch.argmax(scores) == 0  # the only live channel matters most
+
+
+def test_damped_adds_relative_ridge():
+    h = torch.diag(torch.tensor([2.0, 4.0]))
+    torch.testing.assert_close(damped(h, 0.5), torch.diag(torch.tensor([3.5, 5.5])))
+
+
+def test_ffn_pruner_keeps_the_salient_neurons_and_updates():
+    gen = torch.Generator().manual_seed(2)
+    z = torch.randn(400, 4, generator=gen)
+    z[:, 2] *= 0.01  # a nearly silent neuron
+    z[:, 3] = z[:, 0] + 1e-4 * torch.randn(400, generator=gen)  # a near copy of neuron 0
+    w = torch.randn(3, 4, generator=gen)
+    pruner = LinearPruner(w)
+    for chunk in z.split(100):
+        pruner.add_batch(chunk)
+    assert pruner.tokens == 400
+    keep, columns, _ = pruner.prune(2, damping=1e-6)
+    assert keep.tolist() in ([0, 1], [1, 3])  # drop the silent one and one of the twins
+    err_updated = (z[:, keep] @ columns.T - z @ w.T).pow(2).mean()
+    err_sliced = (z[:, keep] @ w[:, keep].T - z @ w.T).pow(2).mean()
+    assert err_updated < 1e-3 * err_sliced

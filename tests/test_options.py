@@ -1,0 +1,44 @@
+"""Flags made from settings dataclasses: defaults, choices and booleans written once."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from putri_export.options import add_options, given_options
+from putri_export.prune import PruneSettings
+from putri_export.run import Recipe
+from putri_export.search import SearchSettings
+
+
+def _parse(cls, *argv: str, **kw) -> dict:
+    parser = argparse.ArgumentParser()
+    add_options(parser, cls, **kw)
+    return given_options(parser.parse_args(list(argv)), cls)
+
+
+def test_only_given_flags_come_back_typed():
+    assert _parse(PruneSettings) == {}
+    assert _parse(PruneSettings, "--sparsity", "0.3", "--no-o-refit", "--attn-len", "64") == {
+        "sparsity": 0.3, "o_refit": False, "attn_len": 64}
+    assert PruneSettings(**_parse(PruneSettings, "--method", "flap")).method == "flap"
+    assert _parse(SearchSettings, "--stage-samples", "2,4") == {"stage_samples": (2, 4)}
+    assert _parse(Recipe, "--formats", "gguf", "--bench-depths", "0,512", "--search", skip=("model",)) == {
+        "formats": ["gguf"], "bench_depths": [0, 512], "search": True}
+
+
+def test_choices_come_from_the_settings(capsys):
+    with pytest.raises(SystemExit):
+        _parse(PruneSettings, "--method", "magnitude")
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_every_setting_has_a_flag_and_help():
+    for cls in (PruneSettings, SearchSettings, Recipe):
+        parser = argparse.ArgumentParser()
+        add_options(parser, cls)
+        flags = {a.dest for a in parser._actions if a.dest != "help"}
+        fields = set(cls.__dataclass_fields__) - {"search_options"}  # a mapping: recipe files only
+        assert fields <= flags | {"search_options"}, fields - flags
+        assert all(a.help and "(default:" in a.help for a in parser._actions if a.dest in fields)
