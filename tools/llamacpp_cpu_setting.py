@@ -18,6 +18,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -33,6 +34,20 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+REPACK_PROBE = """
+import sys
+from putri_export.runtime.llamacpp import open_llama
+open_llama(sys.argv[1], n_ctx=64, verbose=True).close()
+"""
+
+
+def repacked_tensors(path: str) -> int:
+    """How many weight tensors llama.cpp re-lays into its CPU_REPACK buffer (from its own load log)."""
+    env = dict(os.environ, **{EXTRA_BUFTS_ENV: "on"})
+    proc = subprocess.run([sys.executable, "-c", REPACK_PROBE, path], capture_output=True, text=True, env=env)
+    return sum("repack: repack tensor" in line for line in proc.stderr.splitlines())
 
 
 def main() -> None:
@@ -66,7 +81,7 @@ def main() -> None:
                       flush=True)
     rows = []
     for f in args.files:
-        row = {"file": Path(f).name, "bytes": Path(f).stat().st_size}
+        row = {"file": Path(f).name, "bytes": Path(f).stat().st_size, "repacked_tensors": repacked_tensors(f)}
         for setting in ("on", "off"):
             for metric in ("prefill_tps", "decode_tps"):
                 values = [x[metric]["median"] for x in runs[(f, setting)]]
@@ -88,10 +103,12 @@ def main() -> None:
         f"commit {machine['commit']}; {args.threads} threads; {record['date']}.", "",
         f"Median over {args.rounds} rounds (settings alternating) of each fresh process's median of {args.repeats} "
         f"runs after 1 warm-up; prompt {args.prompt_tokens} tokens, {args.gen_tokens} decoded, depth 0.", "",
-        "| file | MB | prefill tok/s on | prefill tok/s off | off/on | decode tok/s on | decode tok/s off | off/on |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        "| file | MB | tensors repacked (on) | prefill tok/s on | prefill tok/s off | off/on | decode tok/s on | "
+        "decode tok/s off | off/on |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        lines.append(f"| {row['file']} | {row['bytes'] / 1e6:.1f} | {row['prefill_tps_on']:.1f} | "
+        lines.append(f"| {row['file']} | {row['bytes'] / 1e6:.1f} | {row['repacked_tensors']} | "
+                     f"{row['prefill_tps_on']:.1f} | "
                      f"{row['prefill_tps_off']:.1f} | {row['prefill_tps_off'] / row['prefill_tps_on']:.3f} | "
                      f"{row['decode_tps_on']:.1f} | {row['decode_tps_off']:.1f} | "
                      f"{row['decode_tps_off'] / row['decode_tps_on']:.3f} |")

@@ -99,21 +99,20 @@ def test_a_mismatched_model_fails_verification(exported):
 def test_hf_tokenizer_agrees_except_sentencepiece_leading_space(exported, stories):
     """The GGUF tokenizes like SentencePiece; HF's fast tokenizer agrees except on a leading space."""
     from putri_export.data import load_corpus
-    from putri_export.runtime.llamacpp import LlamaCppModel
+    from putri_export.runtime.process import RuntimeProcess
 
     _, files = exported["dense"]
-    runtime = LlamaCppModel(files["f32"], n_ctx=64)
     tokenizer = stories[1]
     space = tokenizer.convert_tokens_to_ids("▁")
-    for corpus in ("tinystories", "wikitext2"):
-        docs = load_corpus(corpus).documents[:200]
-        for doc in docs:
-            hf = tokenizer(doc, add_special_tokens=False)["input_ids"]
-            if doc.startswith(" "):  # SentencePiece adds its dummy prefix "▁"; HF's Metaspace does not
-                assert runtime.tokenize(doc) == [space] + hf, doc[:80]
-            else:
-                assert runtime.tokenize(doc) == hf, doc[:80]
-    runtime.close()
+    with RuntimeProcess("llama.cpp", files["f32"], n_ctx=64) as runtime:
+        for corpus in ("tinystories", "wikitext2"):
+            docs = load_corpus(corpus).documents[:200]
+            for doc in docs:
+                hf = tokenizer(doc, add_special_tokens=False)["input_ids"]
+                if doc.startswith(" "):  # SentencePiece adds its dummy prefix "▁"; HF's Metaspace does not
+                    assert runtime.tokenize(doc) == [space] + hf, doc[:80]
+                else:
+                    assert runtime.tokenize(doc) == hf, doc[:80]
 
 
 def test_rope_permutation_is_an_interleave():

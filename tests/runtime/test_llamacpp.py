@@ -31,6 +31,10 @@ def test_every_llama_cpp_load_goes_through_open_llama():
                  for n, line in enumerate(p.read_text().splitlines(), 1) if DIRECT_LOAD.search(line)]
     assert offenders == []
     assert "Llama(model_path" in door.read_text() and "safe_model_params" in door.read_text()
+    # The test process never opens llama.cpp itself: a runtime abort must not end pytest.
+    in_process = [f"{p.relative_to(REPO)}:{n}" for p in (REPO / "tests").rglob("*.py") if p != Path(__file__)
+                  for n, line in enumerate(p.read_text().splitlines(), 1) if "LlamaCppModel(" in line]
+    assert in_process == []
 
 
 @pytest.mark.parametrize("offered, amx_flag, expected", [
