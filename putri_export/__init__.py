@@ -1,4 +1,4 @@
-"""putri-export: structured pruning of Llama-family models into smaller, deployable artifacts.
+"""putri-export: structured pruning of Llama, Qwen2 and Qwen3 models into smaller, deployable artifacts.
 
 Importing the package is light (no torch): the CLI starts in a fraction of a second, runtime child processes
 and benchmark-only installs never load torch. ``import putri_export.model`` (or touching

@@ -19,7 +19,8 @@ from .commands import (
     cmd_verify,
 )
 
-DESCRIPTION = "Prune a Llama-family model into smaller per-layer-width HF, GGUF and ONNX artifacts, parity-proven."
+DESCRIPTION = ("Prune a Llama, Qwen2 or Qwen3 model into smaller per-layer-width HF, GGUF and ONNX artifacts, "
+               "parity-proven.")
 MODEL_HELP = "HF folder, .gguf file, or built-in name (smollm2-135m)"
 DATA_HELP = ("file (.txt/.jsonl/.parquet), built-in name (wikitext2, wikitext2:valid, tinystories, "
              "tinystories:train) or hub dataset")

@@ -20,7 +20,7 @@ from transformers import DynamicCache
 
 from ..atomic import staged
 from ..errors import PutriError
-from ..model import PutriLlamaForCausalLM
+from ..model import PutriForCausalLM
 from ..runtime.ort import LAYOUT_FILE
 from .formats import QUANTIZATIONS
 
@@ -29,14 +29,14 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                    "chat_template.jinja", "generation_config.json")
 
 
-def attention_layers(model: PutriLlamaForCausalLM) -> list[int]:
+def attention_layers(model: PutriForCausalLM) -> list[int]:
     return [i for i, h in enumerate(model.config.num_attention_heads_per_layer) if h > 0]
 
 
 class _CachedDecoder(nn.Module):
     """Flat per-layer KV tensors in and out, transformers' cache and model inside."""
 
-    def __init__(self, model: PutriLlamaForCausalLM):
+    def __init__(self, model: PutriForCausalLM):
         super().__init__()
         self.model = model
         self.layers = attention_layers(model)
@@ -60,7 +60,7 @@ class _DecoderWithoutCache(_CachedDecoder):
         return super().forward(input_ids, attention_mask, position_ids, ())
 
 
-def _example_inputs(model: PutriLlamaForCausalLM):
+def _example_inputs(model: PutriForCausalLM):
     # Batch ≥ 2 and a non-empty past: size-0/1 example dims would be frozen into the graph.
     c = model.config
     batch, new, past = 2, 5, 3
@@ -74,11 +74,12 @@ def _example_inputs(model: PutriLlamaForCausalLM):
     return ids, mask, pos, kv
 
 
-def layout(model: PutriLlamaForCausalLM, quantization: str) -> dict:
+def layout(model: PutriForCausalLM, quantization: str) -> dict:
     c = model.config
     layers = attention_layers(model)
     return {
         "format": "putri-export onnx decoder v1",
+        "model_type": c.model_type,
         "model_file": MODEL_FILE,
         "quantization": quantization,
         "num_hidden_layers": c.num_hidden_layers,
@@ -97,7 +98,7 @@ def layout(model: PutriLlamaForCausalLM, quantization: str) -> dict:
     }
 
 
-def write_onnx(model: PutriLlamaForCausalLM, tokenizer_dir: Path, out: Path, quantization: str = "none",
+def write_onnx(model: PutriForCausalLM, tokenizer_dir: Path, out: Path, quantization: str = "none",
                opset: int = 23, overwrite: bool = False) -> dict:
     """Export to the folder ``out`` (temp folder + rename: nothing partial is left behind)."""
     if quantization not in QUANTIZATIONS:
@@ -154,7 +155,7 @@ def _quantize_weights(src: Path, dst: Path, bits: int) -> None:
         f.chmod(0o644)  # the quantizer writes its data file owner-only
 
 
-def _export_graph(model: PutriLlamaForCausalLM, path: Path, spec: dict, opset: int) -> None:
+def _export_graph(model: PutriForCausalLM, path: Path, spec: dict, opset: int) -> None:
     layers = spec["cache_layers"]
     batch, seq, total, past = (torch.export.Dim(n) for n in ("batch", "seq", "total", "past"))
     dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: total},

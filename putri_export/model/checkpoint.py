@@ -9,13 +9,13 @@ from transformers import PreTrainedTokenizerBase
 
 from ..atomic import staged
 from ..errors import PutriError
-from .modeling_putri_llama import PutriLlamaForCausalLM
+from .families import PutriForCausalLM
 
 # Files the HF tokenizer does not re-save but exporters need (SentencePiece scores for GGUF).
 TOKENIZER_SIDECARS = ("tokenizer.model",)
 
 
-def save_checkpoint(model: PutriLlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, out: Path,
+def save_checkpoint(model: PutriForCausalLM, tokenizer: PreTrainedTokenizerBase, out: Path,
                     source_dir: Path | None = None, overwrite: bool = False,
                     extra_files: dict[str, str | bytes] | None = None) -> Path:
     """Save model + tokenizer (+ the source's SentencePiece model, + report files) to ``out`` atomically."""

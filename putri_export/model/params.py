@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .modeling_putri_llama import PutriLlamaForCausalLM
+from .families import PutriForCausalLM
 
 
 @dataclass
@@ -42,7 +42,7 @@ def _numel(module: nn.Module | None) -> int:
     return sum(p.numel() for p in module.parameters()) if module is not None else 0
 
 
-def param_counts(model: PutriLlamaForCausalLM) -> ParamCounts:
+def param_counts(model: PutriForCausalLM) -> ParamCounts:
     """Parameters actually held by each sub-block (norms counted with their sub-block)."""
     c = model.config
     layers = []
@@ -61,7 +61,7 @@ def param_counts(model: PutriLlamaForCausalLM) -> ParamCounts:
     return ParamCounts(layers=layers, embeddings=emb, final_norm=_numel(model.model.norm))
 
 
-def achieved(model: PutriLlamaForCausalLM, dense_blocks: int, dense_total: int) -> dict:
+def achieved(model: PutriForCausalLM, dense_blocks: int, dense_total: int) -> dict:
     """Parameter counts and achieved sparsity of a pruned model against its dense parent."""
     counts = param_counts(model)
     return {

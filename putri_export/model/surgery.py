@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import PutriError
-from .modeling_putri_llama import PutriLlamaForCausalLM
+from .families import PutriForCausalLM
 from .widths import Widths
 
 
@@ -26,7 +26,7 @@ def group_channels(head_dim: int, heads_per_group: int, groups: Sequence[int]) -
     return torch.cat([torch.arange(int(g) * width, (int(g) + 1) * width) for g in groups])
 
 
-def layer_group_channels(model: PutriLlamaForCausalLM, layer: int, groups: Sequence[int] | None = None) -> torch.Tensor:
+def layer_group_channels(model: PutriForCausalLM, layer: int, groups: Sequence[int] | None = None) -> torch.Tensor:
     """o_proj input channels of ``groups`` of ``layer`` (all of the layer's channels when None)."""
     w = Widths.from_config(model.config)[layer]
     return group_channels(model.config.head_dim, w.group, range(w.kv_heads) if groups is None else groups)
@@ -47,7 +47,7 @@ def _slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: tor
     return out
 
 
-def keep_kv_groups(model: PutriLlamaForCausalLM, layer_idx: int, keep: Sequence[int]) -> None:
+def keep_kv_groups(model: PutriForCausalLM, layer_idx: int, keep: Sequence[int]) -> None:
     """Keep only the KV heads ``keep`` of a layer (each with its query heads); [] removes attention."""
     config = model.config
     layer = model.model.layers[layer_idx]
@@ -69,7 +69,7 @@ def keep_kv_groups(model: PutriLlamaForCausalLM, layer_idx: int, keep: Sequence[
     config.set_layer_widths(layer_idx, heads=len(keep) * w.group, kv_heads=len(keep))
 
 
-def keep_ffn_neurons(model: PutriLlamaForCausalLM, layer_idx: int, keep: Sequence[int]) -> None:
+def keep_ffn_neurons(model: PutriForCausalLM, layer_idx: int, keep: Sequence[int]) -> None:
     """Keep only the FFN neurons ``keep`` of a layer; [] removes the FFN."""
     layer = model.model.layers[layer_idx]
     width = model.config.intermediate_size_per_layer[layer_idx]
@@ -88,8 +88,8 @@ def keep_ffn_neurons(model: PutriLlamaForCausalLM, layer_idx: int, keep: Sequenc
     model.config.set_layer_widths(layer_idx, ffn=len(idx))
 
 
-def slice_randomly(model: PutriLlamaForCausalLM, kv_heads: Sequence[int], ffn: Sequence[int],
-                   seed: int = 0) -> PutriLlamaForCausalLM:
+def slice_randomly(model: PutriForCausalLM, kv_heads: Sequence[int], ffn: Sequence[int],
+                   seed: int = 0) -> PutriForCausalLM:
     """Keep a random subset of KV groups and FFN neurons per layer, down to the given widths.
 
     No pruning criterion: this makes arbitrary per-layer shapes for parity tests, fuzzing, and

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import PutriError
-from ..model import PutriLlamaForCausalLM, param_counts
+from ..model import PutriForCausalLM, param_counts
 from .settings import check_sparsity
 
 
@@ -35,7 +35,7 @@ class SplitBudget:
         return self.n_attn * self.groups_per_layer
 
 
-def split_budget(model: PutriLlamaForCausalLM, sparsity: float, alpha: float = 1.5) -> SplitBudget:
+def split_budget(model: PutriForCausalLM, sparsity: float, alpha: float = 1.5) -> SplitBudget:
     """The attention/FFN split of ``sparsity``; fails clearly when it cannot be met."""
     check_sparsity(sparsity)
     if alpha <= 0:

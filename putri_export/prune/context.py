@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data import Calibration
-from ..model import PutriLlamaForCausalLM
+from ..model import PutriForCausalLM
 from ..resume import ResumeStore
 from .settings import PruneSettings
 from .stream import BlockRunner
@@ -19,7 +19,7 @@ class PruneContext:
     runner, the resume store, and ``dense_cache`` (statistics of the dense model a caller reuses across
     sparsities: 2SSP activation norms, ShortGPT block influence, FLAP fluctuations)."""
 
-    model: PutriLlamaForCausalLM
+    model: PutriForCausalLM
     calib: Calibration
     settings: PruneSettings
     runner: BlockRunner

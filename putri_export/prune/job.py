@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..data import Calibration
-from ..model import PutriLlamaForCausalLM, Widths, achieved, param_counts
+from ..model import PutriForCausalLM, Widths, achieved, param_counts
 from ..resume import ResumeStore, fingerprint, model_fingerprint
 from .context import PruneContext
 from .methods import METHODS
@@ -22,7 +22,7 @@ from .settings import PruneSettings
 from .stream import BlockRunner
 
 
-def prune_model(model: PutriLlamaForCausalLM, calib: Calibration, settings: PruneSettings,
+def prune_model(model: PutriForCausalLM, calib: Calibration, settings: PruneSettings,
                 state_dir: Path | None = None, resume: bool = False, progress: bool = True,
                 dense_cache: dict | None = None) -> dict:
     """Prune ``model`` in place and return the report.

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..model import PutriLlamaForCausalLM, keep_ffn_neurons, keep_kv_groups, layer_group_channels
+from ..model import PutriForCausalLM, keep_ffn_neurons, keep_kv_groups, layer_group_channels
 from .context import PruneContext
 from .obs import LinearPruner
 from .stream import BlockRunner, ChannelMask, capture_inputs, sequential
@@ -18,14 +18,14 @@ from .stream import BlockRunner, ChannelMask, capture_inputs, sequential
 # FFN pass: block by block, resumable after every block
 
 
-def _ffn_tensors(model: PutriLlamaForCausalLM, layer_idx: int) -> dict[str, torch.Tensor]:
+def _ffn_tensors(model: PutriForCausalLM, layer_idx: int) -> dict[str, torch.Tensor]:
     mlp = model.model.layers[layer_idx].mlp
     if mlp is None:
         return {}
     return {"gate": mlp.gate_proj.weight.data, "up": mlp.up_proj.weight.data, "down": mlp.down_proj.weight.data}
 
 
-def _restore_ffn(model: PutriLlamaForCausalLM, layer_idx: int, tensors: dict[str, torch.Tensor]) -> None:
+def _restore_ffn(model: PutriForCausalLM, layer_idx: int, tensors: dict[str, torch.Tensor]) -> None:
     width = tensors["down"].shape[1] if tensors else 0
     keep_ffn_neurons(model, layer_idx, range(width))
     if width:
@@ -62,7 +62,7 @@ def ffn_pass(ctx: PruneContext, visit: FFNVisitor, desc: str) -> tuple[list[dict
     return log, done == 0
 
 
-def keep_top(model: PutriLlamaForCausalLM, layer: int, scores: torch.Tensor, keep: int) -> None:
+def keep_top(model: PutriForCausalLM, layer: int, scores: torch.Tensor, keep: int) -> None:
     """Keep the ``keep`` FFN neurons of ``layer`` with the highest ``scores``."""
     keep_ffn_neurons(model, layer, torch.sort(torch.topk(scores, keep).indices).values.tolist())
 
@@ -177,7 +177,7 @@ def attention_stage(ctx: PruneContext, rounds: int, per_round: int, unit: str
     return masks, history
 
 
-def masked_groups(model: PutriLlamaForCausalLM, masks: dict[int, ChannelMask]) -> dict[int, list[int]]:
+def masked_groups(model: PutriForCausalLM, masks: dict[int, ChannelMask]) -> dict[int, list[int]]:
     """Remove the mask hooks; return the KV-head groups each layer lost."""
     removed = {}
     for l, mask in masks.items():

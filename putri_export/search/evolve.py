@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..data import Calibration
-from ..model import PutriLlamaForCausalLM, Widths, param_counts
+from ..model import PutriForCausalLM, Widths, param_counts
 from ..resume import ResumeStore, fingerprint, model_fingerprint
 from .fitness import FitnessEvaluator
 from .settings import SearchSettings
@@ -76,7 +76,7 @@ class SearchResult:
     bank: VariantBank | None = None  # the last iteration's supernet (None when resumed past it)
 
 
-def search(model: PutriLlamaForCausalLM, calib: Calibration, settings: SearchSettings, work_dir: Path,
+def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings, work_dir: Path,
            resume: bool = False, progress: bool = True) -> SearchResult:
     """Coarse-to-fine evolutionary search of per-layer widths (the model is not modified)."""
     settings.check(calib.ids.shape[0])

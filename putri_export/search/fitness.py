@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import torch
 
-from ..model import PutriLlamaForCausalLM
+from ..model import PutriForCausalLM
 from ..prune.stream import BlockRunner, batches
 from .space import Config
 from .supernet import VariantBank
 
 
 class FitnessEvaluator:
-    def __init__(self, model: PutriLlamaForCausalLM, ids: torch.Tensor, top_k: int, batch_size: int = 8):
+    def __init__(self, model: PutriForCausalLM, ids: torch.Tensor, top_k: int, batch_size: int = 8):
         self.model, self.ids = model, ids
         self.runner = BlockRunner(model, batch_size)
         self.bank: VariantBank | None = None
@@ -72,7 +72,7 @@ class FitnessEvaluator:
         return self.kl_from_hidden(x, samples)
 
     @torch.no_grad()
-    def model_kl(self, model: PutriLlamaForCausalLM, samples: int) -> float:
+    def model_kl(self, model: PutriForCausalLM, samples: int) -> float:
         """KL of a physically pruned model on the same tokens."""
         runner = BlockRunner(model, self.runner.batch_size)
         return self.kl_from_hidden(runner.blocks(runner.embed(self.ids[:samples])), samples)

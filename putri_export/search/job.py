@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..data import Calibration
-from ..model import PutriLlamaForCausalLM, Widths, achieved, param_counts
+from ..model import PutriForCausalLM, Widths, achieved, param_counts
 from .evolve import SearchResult, search
 from .plots import plot_fitness, plot_widths
 from .settings import SearchSettings
@@ -38,7 +38,7 @@ def _assemble(result: SearchResult, subs: list[SubLayer]) -> list[dict] | None:
     return out
 
 
-def search_and_prune(model: PutriLlamaForCausalLM, calib: Calibration, settings: SearchSettings, work_dir: Path,
+def search_and_prune(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings, work_dir: Path,
                      resume: bool = False, widths_file: Path | None = None, progress: bool = True
                      ) -> tuple[dict, dict[str, bytes]]:
     """Prune ``model`` in place to searched (or given) per-layer widths; return the report and its plots."""

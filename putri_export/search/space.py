@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 
 from ..errors import PutriError
-from ..model import PutriLlamaForCausalLM, Widths, param_counts
+from ..model import PutriForCausalLM, Widths, param_counts
 from ..prune.budget import split_budget
 
 Config = tuple[int, ...]  # kept units per sub-layer, in ``sublayers()`` order (attn 0, ffn 0, attn 1, ...)
@@ -25,7 +25,7 @@ class SubLayer:
         return units * self.unit_params + (self.norm_params if units else 0)
 
 
-def sublayers(model: PutriLlamaForCausalLM) -> list[SubLayer]:
+def sublayers(model: PutriForCausalLM) -> list[SubLayer]:
     """Every sub-layer in forward order (attn 0, ffn 0, attn 1, ...), including empty ones."""
     c = model.config
     d, hd = c.hidden_size, c.head_dim
@@ -33,14 +33,17 @@ def sublayers(model: PutriLlamaForCausalLM) -> list[SubLayer]:
     for l in range(c.num_hidden_layers):
         kv, heads = c.num_key_value_heads_per_layer[l], c.num_attention_heads_per_layer[l]
         group = heads // kv if kv else 1
-        out.append(SubLayer("attn", l, kv, d * hd * (2 * group + 2), d))
+        # A KV-head group: q rows of its query heads, its k and v rows, o columns (+ Qwen2's q/k/v biases);
+        # the sub-layer's fixed part: its RMSNorm (+ Qwen3's per-head q/k norms).
+        unit = d * hd * (2 * group + 2) + (hd * (group + 2) if c.qkv_bias else 0)
+        out.append(SubLayer("attn", l, kv, unit, d + (2 * hd if c.qk_norm else 0)))
         out.append(SubLayer("ffn", l, c.intermediate_size_per_layer[l], 3 * d, d))
     counts = param_counts(model)
-    for s in out:  # the formula must agree with the modules (it does for bias-free Llama blocks)
+    for s in out:  # the formula must agree with the modules (it does unless o_proj/MLP carry biases)
         held = counts.layers[s.layer].attn_params if s.kind == "attn" else counts.layers[s.layer].ffn_params
         if held != s.params(s.max_units):
             raise PutriError(f"layer {s.layer} {s.kind}: holds {held} parameters, expected {s.params(s.max_units)}; "
-                             "the search supports Llama blocks without projection biases")
+                             "the search supports blocks without o_proj/MLP biases")
     return out
 
 
@@ -55,7 +58,7 @@ def level_grid(centre: int, step: int, side: int, max_units: int) -> list[int]:
     return sorted(grid)
 
 
-def initial_config(model: PutriLlamaForCausalLM, subs: list[SubLayer], sparsity: float, alpha: float) -> Config:
+def initial_config(model: PutriForCausalLM, subs: list[SubLayer], sparsity: float, alpha: float) -> Config:
     """Putri's split, spread as evenly as the units allow: the attention head groups it removes go
     round-robin over the layers, and every FFN keeps the same neuron count (±1)."""
     budget = split_budget(model, sparsity, alpha)
@@ -127,6 +130,6 @@ def mutate(config: Config, levels: list[list[int]], kinds: list[str], rng: rando
     return tuple(child)
 
 
-def config_widths(model: PutriLlamaForCausalLM, config: Config) -> Widths:
+def config_widths(model: PutriForCausalLM, config: Config) -> Widths:
     """The per-layer widths a configuration keeps (query heads follow each layer's heads per KV head)."""
     return Widths.from_config(model.config).with_kv_and_ffn(config[0::2], config[1::2])

@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP
 
 from ..atomic import save_tensors_atomic
 from ..errors import PutriError
-from ..model import PutriLlamaForCausalLM, Widths, group_channels, keep_ffn_neurons, keep_kv_groups
+from ..model import PutriForCausalLM, Widths, group_channels, keep_ffn_neurons, keep_kv_groups
 from ..prune.obs import LinearPruner, gram, group_removal_order, least_squares_columns, obs_scores
 from ..prune.stream import BlockRunner, inputs_of, sequential
 from .space import sublayers
@@ -36,8 +35,11 @@ KINDS = ("attn", "ffn")
 # Variants: stored as (kept indices, refit output columns); modules rebuilt on demand
 
 
-def build_attention(model: PutriLlamaForCausalLM, layer: int, groups: Sequence[int], o_columns: torch.Tensor
-                    ) -> LlamaAttention | None:
+_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def build_attention(model: PutriForCausalLM, layer: int, groups: Sequence[int], o_columns: torch.Tensor
+                    ) -> nn.Module | None:
     """A standalone attention module of ``layer`` keeping KV groups ``groups`` with new o_proj columns."""
     if not groups:
         return None
@@ -48,11 +50,13 @@ def build_attention(model: PutriLlamaForCausalLM, layer: int, groups: Sequence[i
     cfg = c.layer_config(layer)
     cfg.num_attention_heads, cfg.num_key_value_heads = len(groups) * group, len(groups)
     with torch.device("meta"):
-        module = LlamaAttention(cfg, layer)
+        module = type(dense)(cfg, layer)  # the family's attention class
     q_rows = group_channels(hd, group, groups)
     kv_rows = group_channels(hd, 1, groups)
-    state = {"q_proj.weight": dense.q_proj.weight[q_rows], "k_proj.weight": dense.k_proj.weight[kv_rows],
-             "v_proj.weight": dense.v_proj.weight[kv_rows], "o_proj.weight": o_columns}
+    # Per-head-dim parameters (Qwen3's q/k norms) are shared by all heads: kept whole.
+    state = {name: t for name, t in dense.state_dict().items() if name.split(".")[0] not in _PROJECTIONS}
+    state |= {"q_proj.weight": dense.q_proj.weight[q_rows], "k_proj.weight": dense.k_proj.weight[kv_rows],
+              "v_proj.weight": dense.v_proj.weight[kv_rows], "o_proj.weight": o_columns}
     for name, rows in (("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)):
         if getattr(dense, name).bias is not None:
             state[f"{name}.bias"] = getattr(dense, name).bias[rows]
@@ -61,15 +65,15 @@ def build_attention(model: PutriLlamaForCausalLM, layer: int, groups: Sequence[i
     return module.eval()
 
 
-def build_mlp(model: PutriLlamaForCausalLM, layer: int, neurons: torch.Tensor, down_columns: torch.Tensor
-              ) -> LlamaMLP | None:
+def build_mlp(model: PutriForCausalLM, layer: int, neurons: torch.Tensor, down_columns: torch.Tensor
+              ) -> nn.Module | None:
     if neurons.numel() == 0:
         return None
     cfg = model.config.layer_config(layer)
     cfg.intermediate_size = neurons.numel()
     dense = model.model.layers[layer].mlp
     with torch.device("meta"):
-        module = LlamaMLP(cfg)
+        module = type(dense)(cfg)  # the family's MLP class
     module.load_state_dict({"gate_proj.weight": dense.gate_proj.weight[neurons],
                             "up_proj.weight": dense.up_proj.weight[neurons],
                             "down_proj.weight": down_columns}, assign=True)
@@ -79,7 +83,7 @@ def build_mlp(model: PutriLlamaForCausalLM, layer: int, neurons: torch.Tensor, d
 class VariantBank:
     """Variants of one supernet on disk, with a small in-memory cache of rebuilt modules."""
 
-    def __init__(self, model: PutriLlamaForCausalLM, directory: Path, cache_bytes: int = 512 << 20):
+    def __init__(self, model: PutriForCausalLM, directory: Path, cache_bytes: int = 512 << 20):
         self.model, self.dir = model, Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cache: OrderedDict[tuple, nn.Module | None] = OrderedDict()
@@ -128,7 +132,7 @@ class VariantBank:
 # Building the supernet block by block
 
 
-def attention_variants(model: PutriLlamaForCausalLM, layer: int, z: torch.Tensor, hessian: torch.Tensor,
+def attention_variants(model: PutriForCausalLM, layer: int, z: torch.Tensor, hessian: torch.Tensor,
                        units: Sequence[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Putri's local attention pruner: for each kept-group count, the kept groups (nested greedy
     order by refit error) and the least-squares o_proj columns."""
@@ -195,7 +199,7 @@ def _down_proj_inputs(runner: BlockRunner, layer: nn.Module, h: torch.Tensor) ->
 
 
 @torch.no_grad()
-def build_supernet(model: PutriLlamaForCausalLM, ids: torch.Tensor, levels: dict[tuple[str, int], list[int]],
+def build_supernet(model: PutriForCausalLM, ids: torch.Tensor, levels: dict[tuple[str, int], list[int]],
                    centres: dict[tuple[str, int], int], bank: VariantBank, propagation: str = "expectation",
                    damping: float = 1e-2, batch_size: int = 8, progress: bool = True) -> None:
     """Prune every sub-layer at its levels and store the variants in ``bank``; the stream fed to the next
@@ -243,7 +247,7 @@ def build_supernet(model: PutriLlamaForCausalLM, ids: torch.Tensor, levels: dict
 
 
 @torch.no_grad()
-def prune_to_widths(model: PutriLlamaForCausalLM, ids: torch.Tensor, target: Widths, damping: float = 1e-2,
+def prune_to_widths(model: PutriForCausalLM, ids: torch.Tensor, target: Widths, damping: float = 1e-2,
                     batch_size: int = 8, progress: bool = True) -> list[dict]:
     """Putri's local pruners at exactly these widths, sequentially: each block is calibrated on the
     outputs of the already-pruned earlier blocks (no expectation: the real pruned prefix)."""

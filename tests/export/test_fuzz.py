@@ -1,5 +1,6 @@
-"""Fuzz: random per-layer widths of stories260K through save/load, GGUF and ONNX export, each verified in its
-runtime. Every case must pass parity or stop with a PutriError, leaving no file behind.
+"""Fuzz: random per-layer widths of stories260K (Llama) and of tiny Qwen2 / Qwen3 models through save/load, GGUF
+and ONNX export, each verified in its runtime. Every case must pass parity or stop with a PutriError, leaving no
+file behind.
 
 PUTRI_FUZZ_CASES sets the number of cases (default 50); PUTRI_FUZZ_REPORT=FILE writes the outcome counts.
 """
@@ -13,6 +14,7 @@ from collections import Counter
 
 import pytest
 import torch
+from helpers import FAMILY_SHAPES, family_checkpoint
 
 from putri_export.errors import PutriError
 from putri_export.export import ParityCheck, export_verified
@@ -25,8 +27,14 @@ ONNX_TYPES = ("none", "none", "int8")
 CHECK = ParityCheck(data="tinystories", seq_len=256, max_windows=1)
 
 
-def widths_for(case: int) -> tuple[list[int], list[int]]:
+def widths_for(case: int, layers: int = LAYERS, kv_max: int = KV, ffn_max: int = FFN
+               ) -> tuple[list[int], list[int]]:
     """(KV heads, FFN width) per layer: named corner cases first, then random mixes of them."""
+    if (layers, kv_max, ffn_max) != (LAYERS, KV, FFN):  # another model's shape: the named cases, rescaled
+        kv, ffn = widths_for(case)
+        take = [round(i * (LAYERS - 1) / (layers - 1)) for i in range(layers)]
+        return ([min(kv_max, round(kv[i] * kv_max / KV)) or (1 if kv[i] else 0) for i in take],
+                [min(ffn_max, round(ffn[i] * ffn_max / FFN)) or (1 if ffn[i] else 0) for i in take])
     named = [
         ([KV] * LAYERS, [FFN] * LAYERS),  # dense
         ([KV, 0, 0, 0, 0], [FFN, 0, 0, 0, 0]),  # every layer empty but the first
@@ -65,13 +73,37 @@ def _leftovers(folder) -> list[str]:
 
 @pytest.mark.parametrize("case", range(CASES))
 def test_random_widths_pass_parity_or_fail_cleanly(case, stories_dir, tmp_path):
-    kv, ffn = widths_for(case)
     model, tokenizer = load_model(stories_dir)
+    check_case(model, tokenizer, stories_dir, case, tmp_path)
+
+
+FAMILY_CASES = 10  # the named corner cases, rescaled to each shape; all through GGUF (where the layouts differ)
+FAMILY_ONNX_CASES = {1, 3, 6, 9}  # and these through ONNX too (one graph builder for every family)
+
+
+@pytest.fixture(scope="module")
+def family_dirs(stories_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzz_families")
+    return {name: family_checkpoint(name, stories_dir, root / name) for name in FAMILY_SHAPES}
+
+
+@pytest.mark.parametrize("case", range(FAMILY_CASES))
+@pytest.mark.parametrize("name", list(FAMILY_SHAPES))
+def test_family_widths_pass_parity_or_fail_cleanly(name, case, family_dirs, tmp_path):
+    model, tokenizer = load_model(family_dirs[name])
+    c = model.config
+    check_case(model, tokenizer, family_dirs[name], case, tmp_path,
+               widths_for(case, c.num_hidden_layers, c.num_key_value_heads, c.intermediate_size),
+               formats=("gguf", "onnx") if case in FAMILY_ONNX_CASES else ("gguf",))
+
+
+def check_case(model, tokenizer, source, case: int, tmp_path, widths=None, formats=("gguf", "onnx")) -> None:
+    kv, ffn = widths or widths_for(case)
     slice_randomly(model, kv, ffn, seed=case)
     ids = torch.randint(3, 512, (1, 48), generator=torch.Generator().manual_seed(case))
 
     # save/load: the reloaded checkpoint has the same widths and the same logits, bit for bit
-    folder = save_checkpoint(model, tokenizer, tmp_path / "hf", source_dir=stories_dir)
+    folder = save_checkpoint(model, tokenizer, tmp_path / "hf", source_dir=source)
     reloaded, tokenizer = load_model(folder)
     assert list(reloaded.config.num_key_value_heads_per_layer) == kv
     assert list(reloaded.config.intermediate_size_per_layer) == ffn
@@ -79,6 +111,8 @@ def test_random_widths_pass_parity_or_fail_cleanly(case, stories_dir, tmp_path):
         assert torch.equal(model(ids).logits, reloaded(ids).logits)
 
     for fmt, variant in (("gguf", GGUF_TYPES[case % 3]), ("onnx", ONNX_TYPES[case % 3])):
+        if fmt not in formats:
+            continue
         out = tmp_path / (f"m-{variant}.gguf" if fmt == "gguf" else f"m-onnx-{variant}")
         try:
             result = export_verified(reloaded, tokenizer, folder, out, fmt, variant, check=CHECK, threads=1,

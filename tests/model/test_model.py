@@ -204,9 +204,9 @@ def test_mistral_without_sliding_window_converts_exactly(tmp_path):
     torch.manual_seed(0)
     ref = MistralForCausalLM(cfg).eval()
     ref.save_pretrained(tmp_path)
-    from putri_export.model.load import from_llama
+    from putri_export.model.load import from_transformers
 
-    model = from_llama(MistralForCausalLM.from_pretrained(tmp_path).eval())
+    model = from_transformers(MistralForCausalLM.from_pretrained(tmp_path).eval())
     assert model.config.model_type == "putri_llama"
     x = torch.randint(0, 64, (2, 20))
     with torch.no_grad():
@@ -214,15 +214,16 @@ def test_mistral_without_sliding_window_converts_exactly(tmp_path):
 
 
 def test_unsupported_architectures_are_refused():
-    from transformers import MistralConfig, Qwen2Config
+    from transformers import MistralConfig
 
     from putri_export.errors import PutriError
-    from putri_export.model.load import config_from_llama, raise_unsupported
+    from putri_export.model import family_of
+    from putri_export.model.load import config_from_source
 
     with pytest.raises(PutriError, match="sliding_window=16"):
-        config_from_llama(MistralConfig(sliding_window=16, max_position_embeddings=128))
-    with pytest.raises(PutriError, match="qwen2.*biases"):
-        raise_unsupported(Qwen2Config().model_type)
+        config_from_source(MistralConfig(sliding_window=16, max_position_embeddings=128))
+    with pytest.raises(PutriError, match="gemma.*GeGLU"):
+        family_of("gemma")
 
 
 @pytest.mark.slow

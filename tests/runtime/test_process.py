@@ -27,13 +27,12 @@ def write_abort_gguf(model, tokenizer_dir, out, type_name: str = "f32", name: st
     llama.cpp's graph then skips the output-row selection and aborts (GGML_ASSERT) in llama_decode."""
     c = model.config
     assert c.intermediate_size_per_layer[-1] == 0
-    heads, kv, ffn = (list(x) for x in (c.num_attention_heads_per_layer, c.num_key_value_heads_per_layer,
-                                        c.intermediate_size_per_layer))
-    writer = gguf.GGUFWriter(out, arch=export_gguf.ARCH)
-    export_gguf._write_hparams(writer, model, heads, kv, ffn, type_name, name)
+    layout = export_gguf.Layout.of(model)  # as the model is, without deci.layout's workarounds
+    writer = gguf.GGUFWriter(out, arch=export_gguf.deci.ARCH)
+    export_gguf.write_hparams(writer, model, layout, type_name, name)
     export_gguf.write_tokenizer(writer, tokenizer_dir, c.vocab_size)
     with torch.no_grad():
-        export_gguf._write_tensors(export_gguf._TensorSink(writer, type_name), model, heads, kv, ffn, type_name)
+        export_gguf.deci.write_tensors(export_gguf.TensorSink(writer, type_name), model, layout, type_name)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file(progress=False)

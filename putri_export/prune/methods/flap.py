@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ...model import keep_ffn_neurons, keep_kv_groups, layer_group_channels, param_counts
-from ...model.modeling_putri_llama import add_output_bias
+from ...model.modeling_putri import add_output_bias
 from ..context import PruneContext
 from ..scores import ChannelStats, Unit, compensation_bias, fluctuation_scores, global_selection, standardize
 from ..stages import SliceEvaluator
