@@ -15,7 +15,8 @@ def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedPr
 def assert_one_clear_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    # Progress bars (tqdm: "stage 1: ...  40%|████ | 2/5") are not error lines.
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "%|" not in line]
     assert len(lines) == 1, lines
     assert lines[0].startswith("putri-export: error: ")
     for needle in needles:

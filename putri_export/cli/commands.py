@@ -13,8 +13,12 @@ from ..options import given_options
 
 
 def cmd_info(args: argparse.Namespace) -> None:
+    from ..eval.artifact import artifact_runtime, artifact_widths
     from ..model import load_model, param_counts
 
+    if artifact_runtime(args.model) is not None:
+        _print_artifact_widths(args.model, artifact_widths(args.model), args.json)
+        return
     model, _ = load_model(args.model)
     counts = param_counts(model)
     if args.json:
@@ -36,19 +40,35 @@ def cmd_info(args: argparse.Namespace) -> None:
           f"total {counts.total:,}")
 
 
+def _print_artifact_widths(path: str, widths: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"model": str(path), **widths}, indent=2))
+        return
+    what = f"GGUF, llama.cpp arch {widths['arch']}" if widths["format"] == "gguf" else \
+        f"ONNX ({widths['model_type']}, {widths['quantization']})"
+    print(f"{path}: {what}, {len(widths['heads'])} layers (widths as written, placeholders included)")
+    print(f"{'layer':>5} {'heads':>5} {'kv':>3} {'ffn':>6}")
+    for layer, (h, k, f) in enumerate(zip(widths["heads"], widths["kv_heads"], widths["ffn"])):
+        print(f"{layer:>5} {h:>5} {k:>3} {f:>6}")
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     import torch
 
     from ..data import load_corpus, tokenize_corpus
-    from ..eval import perplexity, torch_logits_fn
+    from ..eval import artifact_runtime, evaluate_artifact, perplexity, torch_logits_fn
     from ..model import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model)
-    corpus = load_corpus(args.data)
-    ids = tokenize_corpus(tokenizer, corpus)
-    result = perplexity(torch_logits_fn(model), ids, args.seq_len, args.max_windows, args.batch_size, corpus)
+    if artifact_runtime(args.model) is not None:  # a GGUF or ONNX export: its own runtime, its own tokenizer
+        corpus = load_corpus(args.data)
+        result = evaluate_artifact(Path(args.model), corpus, args.seq_len, args.max_windows, args.threads)
+    else:
+        model, tokenizer = load_model(args.model)
+        corpus = load_corpus(args.data)
+        ids = tokenize_corpus(tokenizer, corpus)
+        result = perplexity(torch_logits_fn(model), ids, args.seq_len, args.max_windows, args.batch_size, corpus)
     record = {"model": str(args.model), **result.to_dict()}
     if args.json and args.json != "-":
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")

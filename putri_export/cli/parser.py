@@ -99,7 +99,7 @@ def _add_export(sub) -> None:
 
     export = sub.add_parser("export", help="write a deployable artifact").add_subparsers(dest="format", required=True)
     for fmt, help_text, out_help, runtime, flag, choices, default in (
-            ("gguf", "GGUF (llama.cpp 'deci' architecture, per-layer widths)", "output .gguf file", "llama.cpp",
+            ("gguf", "GGUF (llama.cpp deci / openelm, per-layer widths)", "output .gguf file", "llama.cpp",
              "--type", tuple(GGUF_TYPES), "f16"),
             ("onnx", "ONNX decoder with per-layer KV cache (ONNX Runtime)", "output folder", "ONNX Runtime",
              "--quantize", QUANTIZATIONS, "none")):

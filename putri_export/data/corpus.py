@@ -84,10 +84,15 @@ def load_corpus(spec: str, text_column: str = "text") -> Corpus:
     return _load_hub(spec, name, split or "train", None, text_column, builtin_hint=True)
 
 
+ACCEPTED = ("accepted: UTF-8 text (.txt/.raw, one document per non-empty line), JSON lines (.jsonl/.json) with a "
+            "string field {col!r}, Parquet (.parquet) with a string column {col!r}")
+
+
 def _load_local(path: Path, text_column: str) -> list[str]:
     builder = LOCAL_SUFFIXES.get(path.suffix.lower())
     if builder is None:
         raise PutriError(f"unsupported data file {path}: accepted suffixes are {', '.join(sorted(LOCAL_SUFFIXES))}")
+    check_local_file(path, builder, text_column)
     from datasets import load_dataset
 
     try:
@@ -95,8 +100,9 @@ def _load_local(path: Path, text_column: str) -> list[str]:
     except Exception as e:
         raise PutriError(f"could not read {path} as {builder}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     if text_column not in ds.column_names:
-        raise PutriError(f"{path} has no column {text_column!r} (columns: {', '.join(ds.column_names)})")
-    return _documents(ds[text_column])
+        raise PutriError(f"{path} has no column {text_column!r} (columns: {', '.join(ds.column_names)}); "
+                         + ACCEPTED.format(col=text_column))
+    return _documents(ds[text_column], str(path))
 
 
 def _load_builtin(name: str, split: str, spec: str) -> Corpus:
@@ -146,11 +152,88 @@ def _load_hub(spec: str, dataset: str, split: str, config: str | None, text_colu
                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     if text_column not in ds.column_names:
         raise PutriError(f"hub dataset {dataset!r} has no column {text_column!r} (columns: {ds.column_names})")
-    return Corpus(spec, f"hub:{dataset}" + (f"/{config}" if config else "") + f":{split}", _documents(ds[text_column]))
+    source = f"hub:{dataset}" + (f"/{config}" if config else "") + f":{split}"
+    return Corpus(spec, source, _documents(ds[text_column], source))
 
 
-def _documents(rows: list[str]) -> list[str]:
+def _documents(rows: list, source: str) -> list[str]:
+    if any(r is not None and not isinstance(r, str) for r in rows):
+        kind = next(type(r).__name__ for r in rows if r is not None and not isinstance(r, str))
+        raise PutriError(f"{source}: the text column holds {kind} values, not strings")
     docs = [r.strip("\r\n") for r in rows if r is not None and r.strip()]
     if not docs:
-        raise PutriError("the corpus is empty (no non-empty text rows)")
+        raise PutriError(f"{source} holds no text: every row is empty or whitespace")
     return docs
+
+
+def check_local_file(path: Path, builder: str, text_column: str) -> None:
+    """What ``datasets`` would report as a generic generation error, named: empty, binary, not UTF-8, not JSON
+    lines, not Parquet, no text field/column."""
+    accepted = ACCEPTED.format(col=text_column)
+    if path.stat().st_size == 0:
+        raise PutriError(f"{path} is empty (0 bytes); {accepted}")
+    if builder in ("text", "json"):
+        _check_utf8_text(path, accepted)
+    if builder == "json" and path.suffix.lower() == ".jsonl":
+        _check_json_lines(path, text_column, accepted)
+    if builder == "parquet":
+        _check_parquet(path, text_column, accepted)
+
+
+def _check_utf8_text(path: Path, accepted: str) -> None:
+    import codecs
+
+    decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            if (nul := chunk.find(b"\0")) >= 0:
+                raise PutriError(f"{path} is binary, not text (a NUL byte at offset {offset + nul}); {accepted}")
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                raise PutriError(f"{path} is not UTF-8 text (byte 0x{chunk[e.start]:02x} at offset {offset + e.start} "
+                                 f"is not valid UTF-8); {accepted}") from None
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise PutriError(f"{path} is not UTF-8 text (it ends inside a multi-byte character); {accepted}") from None
+
+
+def _check_json_lines(path: Path, text_column: str, accepted: str) -> None:
+    import json
+
+    fields: set[str] = set()
+    found = False
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PutriError(f"{path} line {number} is not JSON ({e.msg}); {accepted}") from None
+            if not isinstance(record, dict):
+                raise PutriError(f"{path} line {number} is a JSON {type(record).__name__}, not an object; {accepted}")
+            found = found or text_column in record
+            fields |= set(record)
+    if found:
+        return
+    raise PutriError(f"{path}: no record has a field {text_column!r} (fields: {', '.join(sorted(fields)) or 'none'}); "
+                     f"{accepted}")
+
+
+def _check_parquet(path: Path, text_column: str, accepted: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise PutriError(f"{path} is not a Parquet file ({str(e).splitlines()[0]}); {accepted}") from None
+    columns = ", ".join(f"{f.name}: {f.type}" for f in schema)
+    if text_column not in schema.names:
+        raise PutriError(f"{path} has no column {text_column!r} (columns: {columns}); {accepted}")
+    kind = schema.field(text_column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise PutriError(f"{path}: column {text_column!r} is {kind}, not a string (columns: {columns}); {accepted}")

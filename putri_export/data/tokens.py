@@ -15,8 +15,9 @@ def tokenize_corpus(tokenizer: PreTrainedTokenizerBase, corpus: Corpus) -> torch
     return torch.tensor(ids, dtype=torch.long)
 
 
-def windows(ids: torch.Tensor, seq_len: int, max_windows: int | None = None) -> torch.Tensor:
-    """Non-overlapping windows [n, seq_len] from the start of the token stream."""
+def windows(ids: torch.Tensor, seq_len: int, max_windows: int | None = None, source: str = "the corpus"
+            ) -> torch.Tensor:
+    """Non-overlapping windows [n, seq_len] from the start of the token stream (``source`` names it in errors)."""
     if seq_len < 2:
         raise PutriError(f"--seq-len must be at least 2, got {seq_len}")
     n = ids.numel() // seq_len
@@ -25,5 +26,6 @@ def windows(ids: torch.Tensor, seq_len: int, max_windows: int | None = None) -> 
             raise PutriError(f"--max-windows must be at least 1, got {max_windows}")
         n = min(n, max_windows)
     if n == 0:
-        raise PutriError(f"the corpus has {ids.numel()} tokens, fewer than one window of {seq_len}")
+        raise PutriError(f"{source} has {ids.numel()} tokens, fewer than one window of {seq_len}; give more text or "
+                         "a smaller --seq-len")
     return ids[: n * seq_len].view(n, seq_len)

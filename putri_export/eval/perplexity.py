@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import Corpus, windows
+from ..finite import check_finite
 
 
 @dataclass
@@ -39,6 +40,8 @@ LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 def window_nll(logits_fn: LogitsFn, batch: torch.Tensor) -> torch.Tensor:
     """Summed NLL (float64) of tokens 1..T−1 of each window, given logits for the whole window."""
     logits = logits_fn(batch).float()
+    check_finite(logits, "the logits of an evaluation window",
+                 "a value overflowed in the model: check its weights (or load it in float32)")
     logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
     nll = -logprobs.gather(-1, batch[:, 1:, None]).squeeze(-1)
     return nll.double().sum()
@@ -54,7 +57,7 @@ def perplexity(
     progress: bool = True,
 ) -> PerplexityResult:
     """Mean NLL over all predicted tokens of ``ids`` cut into windows; ``logits_fn`` maps [B, T] → [B, T, V]."""
-    wins = windows(ids, seq_len, max_windows)
+    wins = windows(ids, seq_len, max_windows, corpus.source if corpus else "the corpus")
     total = 0.0
     with torch.inference_mode():
         for start in tqdm(range(0, len(wins), batch_size), desc="perplexity", unit="batch", disable=not progress):

@@ -10,6 +10,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from ..errors import PutriError
+from ..finite import check_weights
 from .families import PUTRI_CLASSES, PutriForCausalLM, family_of
 
 # Config keys of the source that our config must not inherit (sliding windows are refused by the family first).
@@ -81,6 +82,7 @@ def load_hf_dir(path: Path, dtype: torch.dtype = torch.float32
         raise
     except Exception as e:  # transformers/safetensors raise many types for damaged files
         raise PutriError(f"could not load the weights in {path}: {type(e).__name__}: {_first_line(e)}") from None
+    check_weights(model, str(path))
     return model.eval(), load_tokenizer(path)
 
 
@@ -98,6 +100,7 @@ def _load_gguf(folder: Path, gguf_file: str, dtype: torch.dtype
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype)
     except Exception as e:
         raise PutriError(f"could not load GGUF {folder / gguf_file}: {type(e).__name__}: {_first_line(e)}") from None
+    check_weights(model, str(folder / gguf_file))
     return from_transformers(model), load_tokenizer(folder, gguf_file)
 
 

@@ -11,6 +11,9 @@ from collections.abc import Sequence
 
 import torch
 
+from ..errors import PutriError
+from ..finite import check_finite
+
 
 def damped(hessian: torch.Tensor, damping: float) -> torch.Tensor:
     """``H + damping * mean(diag H) * I`` (a relative ridge; 0 keeps H as is)."""
@@ -29,7 +32,11 @@ def _cholesky_with_retry(hessian: torch.Tensor, damping: float) -> tuple[torch.T
         if int(info) == 0:
             return factor, lam
         lam = max(lam * 10, 1e-8)
-    raise RuntimeError("Hessian is not positive definite even with heavy damping (all-zero activations?)")
+    diag = hessian.diagonal()
+    raise PutriError(f"a layer's input Gram matrix ({hessian.shape[0]} channels) does not factor even with relative "
+                     f"damping {lam / 10:g}: its inputs are all zero or span too wide a range (diagonal "
+                     f"{float(diag.min()):.3g} … {float(diag.max()):.3g}); check the weights of the blocks before it "
+                     "(e.g. a huge or damaged tensor) or the calibration text")
 
 
 def obs_scores(weight: torch.Tensor, hessian: torch.Tensor, tokens: int, damping: float = 1e-2
@@ -99,6 +106,7 @@ class LinearPruner:
     def prune(self, keep_count: int, damping: float = 1e-2, update: bool = True,
               update_damping: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Kept channel indices (sorted), their new columns, and what was done."""
+        self.check()
         scores, used = obs_scores(self.weight, self.hessian, self.tokens, damping)
         keep = (torch.sort(torch.topk(scores, keep_count).indices).values if keep_count
                 else torch.zeros(0, dtype=torch.long))
@@ -110,7 +118,14 @@ class LinearPruner:
 
     def refit(self, keep: torch.Tensor, damping: float = 0.0) -> torch.Tensor:
         """Least-squares columns for the given kept channels (e.g. the channels of the kept head groups)."""
+        self.check()
         return least_squares_columns(self.weight, self.hessian, keep, damping)
+
+    def check(self) -> None:
+        """The statistics are finite before any solve (an Inf/NaN input row poisons the whole Gram matrix)."""
+        check_finite(self.weight, "the layer's weight", "the checkpoint is damaged")
+        check_finite(self.hessian, f"the input Gram matrix over {self.tokens} calibration tokens",
+                     "an input row overflowed: check the weights of the blocks before this layer")
 
     def free(self) -> None:
         self.hessian = None

@@ -17,6 +17,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.masking_utils import create_causal_mask
 
+from ..finite import check_finite
+
 _LAYER = object()  # "the layer's own sub-layer" (None means: no sub-layer)
 
 
@@ -150,6 +152,8 @@ def sequential(runner: BlockRunner, hidden: torch.Tensor, *, attention: Visitor 
         out = ffn(l, h) if ffn is not None else None
         if out is None:
             out = runner.ffn(layer, h)
+        check_finite(out, f"the calibration hidden states leaving block {l}",
+                     f"a value overflowed: check the weights of block {l} (a huge tensor?) and the calibration text")
         if after_block is not None:
             after_block(l, hidden, out)
         hidden = out

@@ -78,7 +78,7 @@ def test_random_widths_pass_parity_or_fail_cleanly(case, stories_dir, tmp_path):
 
 
 FAMILY_CASES = 10  # the named corner cases, rescaled to each shape; all through GGUF (where the layouts differ)
-FAMILY_ONNX_CASES = {1, 3, 6, 9}  # and these through ONNX too (one graph builder for every family)
+FAMILY_ONNX_CASES = {1, 6}  # and these through ONNX too (one graph builder for every family)
 
 
 @pytest.fixture(scope="module")

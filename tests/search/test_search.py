@@ -214,3 +214,19 @@ def test_prune_to_widths_rejects_growth_and_keeps_shapes(stories_dir, calib):
     assert model.config.num_key_value_heads_per_layer == kv and model.config.intermediate_size_per_layer == ffn
     with pytest.raises(PutriError, match="can only shrink"):
         prune_to_widths(model, calib.ids, dense.with_kv_and_ffn(kv, [60] * c.num_hidden_layers), progress=False)
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-0.5b", "qwen3-0.6b"])
+def test_search_on_qwen_families_meets_the_budget(name, stories_dir, tmp_path):
+    """The supernet's variants keep Qwen2's sliced biases and Qwen3's q/k norms (a missing one stays on the meta
+    device and the fitness cannot run); the budget counts them."""
+    from helpers import family_checkpoint
+
+    model, tokenizer = load_model(family_checkpoint(name, stories_dir, tmp_path / "dense"))
+    calib = load_calibration(tokenizer, "tinystories:train", 4, 64)
+    blocks = param_counts(model).blocks
+    report, _ = search_and_prune(model, calib, TINY, tmp_path / "work", progress=False)
+    unit = max(s.unit_params for s in sublayers(load_model(tmp_path / "dense")[0]))
+    assert abs(report["params_blocks"] - (blocks - round(0.5 * blocks))) <= unit / 2
+    assert report["params_blocks"] == param_counts(model).blocks
+    assert model.generate(calib.ids[:1, :8], max_new_tokens=4, do_sample=False).shape == (1, 12)
