@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# As the CLI subprocesses get it (helpers.run_cli): no test may reach for the hub. Set before any Hugging Face
+# import reads it.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PUTRI_EXPORT_SHARED", REPO.parent / "shared"))
 STORIES = SHARED / "models" / "stories260K"

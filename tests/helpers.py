@@ -2,14 +2,40 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 
 
 def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "putri_export.cli", *args], capture_output=True, text=True, env=env)
+
+
+def cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """The CLI's entry point (``putri_export.cli.main``, what the ``putri-export`` script calls) run in this process:
+    for tests of what the CLI answers, without an interpreter start and a torch import per case (~6 s each).
+    Tests of the process itself (exit by signal, console script) use :func:`run_cli`."""
+    import torch
+
+    from putri_export.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved, threads = dict(os.environ), torch.get_num_threads()  # a command's --threads must not outlive it
+    os.environ.update(HF_HUB_OFFLINE="1", **(env_extra or {}))
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse's own errors
+                code = e.code if isinstance(e.code, int) else 2
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["putri-export", *args], code, out.getvalue(), err.getvalue())
 
 
 def assert_one_clear_error(proc: subprocess.CompletedProcess, *needles: str) -> None:

@@ -1,7 +1,8 @@
 """Every input a user can hand us gets one specific error line (exit 2), and nothing is left behind.
 
-Each case builds its bad input, runs the real CLI in a subprocess, and checks the single ``putri-export: error:``
-line for what was wrong. Grows with every format and family: add a row to ``CASES``.
+Each case builds its bad input, runs the CLI's entry point (``helpers.cli``: ``putri_export.cli.main``, in this
+process to spare an interpreter start per case), and checks the exit code, the single ``putri-export: error:`` line
+for what was wrong, and that nothing was left behind. Grows with every format and family: add a row to ``CASES``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_one_clear_error, family_checkpoint, run_cli
+from helpers import assert_one_clear_error, cli, family_checkpoint
 from safetensors.torch import load_file, save_file
 
 
@@ -163,7 +164,7 @@ def test_bad_input_gets_one_specific_error_and_leaves_nothing(name, stories_dir,
     work.mkdir()
     args = case.make(work, stories_dir)
     before = {p.name for p in work.iterdir()}
-    proc = run_cli(*args)
+    proc = cli(*args)
     assert_one_clear_error(proc, *case.needles)
     after = {p.name for p in work.iterdir()}
     assert after == before, f"left behind: {sorted(after - before)}"

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers.cache_utils import Cache, DummyLayer, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.models.llama.modeling_llama import LlamaModel
 
 
 def _with_bias(linear: nn.Linear) -> nn.Linear:
@@ -93,6 +95,59 @@ def build_model_body(model: nn.Module, config, layer_class: type[PutriDecoderLay
     model.post_init()
 
 
+def past_length(cache) -> int:
+    """Tokens already held by ``cache``, read from its first layer that stores keys (0 if none does)."""
+    for layer in getattr(cache, "layers", ()):
+        if not isinstance(layer, DummyLayer):
+            return layer.get_seq_length()
+    return 0
+
+
+class AttentionFreeCacheLayer(DummyLayer):
+    """The cache layer of a block without attention: stores nothing, and answers the cache's length from the
+    layers that do. transformers (>= 5.25) asks layer 0 for the cache length, and a plain ``DummyLayer`` cannot
+    answer, so a model whose first block has no attention would fail in ``forward`` and ``generate``."""
+
+    def __init__(self, cache):
+        super().__init__()
+        self.cache = cache
+
+    def get_seq_length(self) -> int:
+        return past_length(self.cache)
+
+
+def adopt_cache(cache) -> None:
+    """Give the attention-free layers of ``cache`` (any transformers cache built from our config) a length."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:  # e.g. an encoder-decoder wrapper; our models are decoder-only
+        return
+    for i, layer in enumerate(layers):
+        if type(layer) is DummyLayer:
+            layers[i] = AttentionFreeCacheLayer(cache)
+
+
+class CacheAdoptingMixin:
+    """Before a family's ``PreTrainedModel``: ``generate`` asks its fresh cache for its length before the first
+    forward, so the cache is adopted where ``generate`` creates it."""
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        out = super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        adopt_cache(model_kwargs.get("cache"))
+        return out
+
+
+def putri_model_forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                        position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
+                        inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None, **kwargs):
+    """Every family's ``XModel.forward``: ``LlamaModel``'s (Qwen's looks masks up by layer type and has none for
+    attention-free layers; sliding windows are refused at load, so the masks are Llama's), over an adopted cache."""
+    if cache is None and (self.config.use_cache if use_cache is None else use_cache):
+        cache = DynamicCache(config=self.config)
+    adopt_cache(cache)
+    return LlamaModel.forward(self, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
+
+
 def build_causal_lm(lm: nn.Module, config, model_class: type[nn.Module]) -> None:
     """The modules of a family's ``XForCausalLM`` (its ``__init__`` body)."""
     lm.model = model_class(config)
@@ -101,4 +156,5 @@ def build_causal_lm(lm: nn.Module, config, model_class: type[nn.Module]) -> None
     lm.post_init()
 
 
-__all__ = ["PutriDecoderLayer", "add_output_bias", "build_causal_lm", "build_model_body"]
+__all__ = ["PutriDecoderLayer", "add_output_bias", "build_causal_lm", "build_model_body", "past_length",
+           "putri_model_forward", "adopt_cache", "AttentionFreeCacheLayer", "CacheAdoptingMixin"]

@@ -18,14 +18,20 @@ from transformers.models.llama.modeling_llama import (
 )
 
 from .configuration_putri_llama import PutriLlamaConfig
-from .modeling_putri import PutriDecoderLayer, build_causal_lm, build_model_body
+from .modeling_putri import (
+    CacheAdoptingMixin,
+    PutriDecoderLayer,
+    build_causal_lm,
+    build_model_body,
+    putri_model_forward,
+)
 
 
 class PutriLlamaDecoderLayer(PutriDecoderLayer):
     attention_class, mlp_class, norm_class = LlamaAttention, LlamaMLP, LlamaRMSNorm
 
 
-class PutriLlamaPreTrainedModel(LlamaPreTrainedModel):
+class PutriLlamaPreTrainedModel(CacheAdoptingMixin, LlamaPreTrainedModel):
     config_class = PutriLlamaConfig
     config: PutriLlamaConfig
     _no_split_modules = ["PutriLlamaDecoderLayer"]
@@ -38,6 +44,8 @@ class PutriLlamaModel(PutriLlamaPreTrainedModel, LlamaModel):
     def __init__(self, config: PutriLlamaConfig):
         PutriLlamaPreTrainedModel.__init__(self, config)
         build_model_body(self, config, PutriLlamaDecoderLayer, LlamaRotaryEmbedding)
+
+    forward = putri_model_forward
 
 
 class PutriLlamaForCausalLM(PutriLlamaPreTrainedModel, LlamaForCausalLM):

@@ -7,7 +7,6 @@ only the decoder layer changes (:mod:`.modeling_putri`). Copied next to saved ch
 
 from __future__ import annotations
 
-from transformers.models.llama.modeling_llama import LlamaModel
 from transformers.models.qwen2.modeling_qwen2 import (
     Qwen2Attention,
     Qwen2ForCausalLM,
@@ -19,14 +18,20 @@ from transformers.models.qwen2.modeling_qwen2 import (
 )
 
 from .configuration_putri_qwen2 import PutriQwen2Config
-from .modeling_putri import PutriDecoderLayer, build_causal_lm, build_model_body
+from .modeling_putri import (
+    CacheAdoptingMixin,
+    PutriDecoderLayer,
+    build_causal_lm,
+    build_model_body,
+    putri_model_forward,
+)
 
 
 class PutriQwen2DecoderLayer(PutriDecoderLayer):
     attention_class, mlp_class, norm_class = Qwen2Attention, Qwen2MLP, Qwen2RMSNorm
 
 
-class PutriQwen2PreTrainedModel(Qwen2PreTrainedModel):
+class PutriQwen2PreTrainedModel(CacheAdoptingMixin, Qwen2PreTrainedModel):
     config_class = PutriQwen2Config
     config: PutriQwen2Config
     _no_split_modules = ["PutriQwen2DecoderLayer"]
@@ -36,9 +41,7 @@ class PutriQwen2PreTrainedModel(Qwen2PreTrainedModel):
 class PutriQwen2Model(PutriQwen2PreTrainedModel, Qwen2Model):
     """``Qwen2Model`` over per-layer-width blocks."""
 
-    # Qwen2Model.forward looks each layer's mask up by layer type and has none for attention-free layers.
-    # Sliding windows are refused at load, so its masks are Llama's: use LlamaModel's forward (same cache).
-    forward = LlamaModel.forward
+    forward = putri_model_forward
 
     def __init__(self, config: PutriQwen2Config):
         PutriQwen2PreTrainedModel.__init__(self, config)

@@ -7,7 +7,6 @@ only the decoder layer changes (:mod:`.modeling_putri`). Copied next to saved ch
 
 from __future__ import annotations
 
-from transformers.models.llama.modeling_llama import LlamaModel
 from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3Attention,
     Qwen3ForCausalLM,
@@ -19,14 +18,20 @@ from transformers.models.qwen3.modeling_qwen3 import (
 )
 
 from .configuration_putri_qwen3 import PutriQwen3Config
-from .modeling_putri import PutriDecoderLayer, build_causal_lm, build_model_body
+from .modeling_putri import (
+    CacheAdoptingMixin,
+    PutriDecoderLayer,
+    build_causal_lm,
+    build_model_body,
+    putri_model_forward,
+)
 
 
 class PutriQwen3DecoderLayer(PutriDecoderLayer):
     attention_class, mlp_class, norm_class = Qwen3Attention, Qwen3MLP, Qwen3RMSNorm
 
 
-class PutriQwen3PreTrainedModel(Qwen3PreTrainedModel):
+class PutriQwen3PreTrainedModel(CacheAdoptingMixin, Qwen3PreTrainedModel):
     config_class = PutriQwen3Config
     config: PutriQwen3Config
     _no_split_modules = ["PutriQwen3DecoderLayer"]
@@ -36,9 +41,7 @@ class PutriQwen3PreTrainedModel(Qwen3PreTrainedModel):
 class PutriQwen3Model(PutriQwen3PreTrainedModel, Qwen3Model):
     """``Qwen3Model`` over per-layer-width blocks."""
 
-    # Qwen3Model.forward looks each layer's mask up by layer type and has none for attention-free layers.
-    # Sliding windows are refused at load, so its masks are Llama's: use LlamaModel's forward (same cache).
-    forward = LlamaModel.forward
+    forward = putri_model_forward
 
     def __init__(self, config: PutriQwen3Config):
         PutriQwen3PreTrainedModel.__init__(self, config)

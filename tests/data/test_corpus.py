@@ -35,7 +35,7 @@ def test_local_formats_agree(tmp_path):
 
 def test_missing_text_column(tmp_path):
     (tmp_path / "b.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
-    with pytest.raises(PutriError, match="no column 'text'"):
+    with pytest.raises(PutriError, match="no record has a field 'text' \\(fields: body\\)"):
         load_corpus(str(tmp_path / "b.jsonl"))
 
 

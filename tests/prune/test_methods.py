@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import assert_one_clear_error, fresh_stories, run_cli
+from helpers import assert_one_clear_error, cli, fresh_stories, run_cli
 
 from putri_export.cli import main
 from putri_export.data import load_calibration
@@ -211,8 +211,8 @@ def test_ctrl_c_leaves_no_output_directory(stories_dir, tmp_path, monkeypatch, c
     (["--sparsity", "0.5", "--method", "magnitude"], ["invalid choice"]),
 ])
 def test_bad_prune_arguments(stories_dir, tmp_path, args, needles):
-    proc = run_cli("prune", str(stories_dir), "--calib", CALIB, "--calib-len", "64", "--calib-samples", "4",
-                   "--out", str(tmp_path / "o"), *args)
+    proc = cli("prune", str(stories_dir), "--calib", CALIB, "--calib-len", "64", "--calib-samples", "4",
+               "--out", str(tmp_path / "o"), *args)
     if "invalid choice" in needles:  # argparse's own message (exit 2, usage + one error line)
         assert proc.returncode == 2 and "invalid choice" in proc.stderr
     else:

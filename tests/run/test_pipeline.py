@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import assert_one_clear_error, run_cli, tiny_recipe
+from helpers import assert_one_clear_error, cli, run_cli, tiny_recipe
 
 from putri_export.errors import PutriError
 from putri_export.run import Recipe, run_pipeline
@@ -120,8 +120,8 @@ def test_run_refuses_bad_input_before_doing_work(stories_dir, tmp_path):
     ]
     for extra, message in cases:
         out = tmp_path / "out"
-        result = run_cli("run", str(stories_dir), *extra, "--out", str(out))
+        result = cli("run", str(stories_dir), *extra, "--out", str(out))
         assert_one_clear_error(result, message)
         assert not out.exists()
-    result = run_cli("run", str(stories_dir), "--sparsity", "0.5", "--out", str(exists))
+    result = cli("run", str(stories_dir), "--sparsity", "0.5", "--out", str(exists))
     assert_one_clear_error(result, "exists; pass --overwrite")

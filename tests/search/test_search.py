@@ -7,7 +7,7 @@ import random
 
 import pytest
 import torch
-from helpers import assert_one_clear_error, fresh_stories, run_cli
+from helpers import assert_one_clear_error, cli, fresh_stories, run_cli
 
 from putri_export.data import load_calibration
 from putri_export.errors import PutriError
@@ -199,7 +199,7 @@ def test_bad_search_arguments_give_clear_errors(stories_dir, tmp_path):
     ]
     for extra, message in cases:
         out = tmp_path / "out"
-        result = run_cli("search", *base, *extra, "--out", str(out))
+        result = cli("search", *base, *extra, "--out", str(out))
         assert_one_clear_error(result, message)
         assert not out.exists()
 
