@@ -28,7 +28,7 @@ demo: $(STAMP)
 	  $(VENV)/bin/putri-export run smollm2-135m --sparsity 0.5 --out $(DEMO) --resume; \
 	fi
 
-# Lint, then the suite on both cores (tests are independent; about 12 min on this 2-core machine).
+# Lint, then the suite on both cores (tests are independent; about 12 min of pytest on this 2-core machine).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n 2

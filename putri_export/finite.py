@@ -6,6 +6,8 @@ far away (a failed Cholesky, a perplexity of nan); these checks name the place a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -31,9 +33,12 @@ def check_finite(tensor: torch.Tensor, what: str, hint: str) -> None:
                          f"({kinds}); {hint}")
 
 
-def check_weights(model: nn.Module, source: str) -> None:
-    """Every parameter and buffer of a freshly loaded model is finite (the first bad tensor is named)."""
+def check_weights(model: nn.Module, source: str, stored_dtype: Callable[[str], str | None] | None = None) -> None:
+    """Every parameter and buffer of a freshly loaded model is finite (the first bad tensor is named, with the dtype
+    the file stores it in when ``stored_dtype`` can tell: a bf16 checkpoint is loaded as float32)."""
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        check_finite(tensor.detach(), f"{source}: weight {name}",
-                     "the checkpoint is damaged (or overflowed when it was saved in half precision); re-export or "
-                     "re-download it")
+        if count_nonfinite(tensor.detach()):
+            stored = stored_dtype(name) if stored_dtype else None
+            check_finite(tensor.detach(), f"{source}: weight {name}" + (f", stored as {stored}" if stored else ""),
+                         "the checkpoint is damaged (or overflowed when it was saved in half precision); re-export "
+                         "or re-download it")

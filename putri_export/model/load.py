@@ -82,8 +82,19 @@ def load_hf_dir(path: Path, dtype: torch.dtype = torch.float32
         raise
     except Exception as e:  # transformers/safetensors raise many types for damaged files
         raise PutriError(f"could not load the weights in {path}: {type(e).__name__}: {_first_line(e)}") from None
-    check_weights(model, str(path))
+    check_weights(model, str(path), lambda name: _stored_dtype(path, name))
     return model.eval(), load_tokenizer(path)
+
+
+def _stored_dtype(path: Path, name: str) -> str | None:
+    """The dtype a tensor has in the folder's safetensors files (read from their headers), or None."""
+    from safetensors import safe_open
+
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(file, framework="pt") as f:
+            if name in f.keys():  # noqa: SIM118 (safe_open has keys(), no __contains__)
+                return f.get_slice(name).get_dtype()
+    return None
 
 
 def load_tokenizer(path: Path, gguf_file: str | None = None) -> PreTrainedTokenizerBase:
