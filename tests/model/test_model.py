@@ -115,6 +115,24 @@ def test_cached_generation_equals_full_forward(case, stories_copy, tinystories_i
     torch.testing.assert_close(step_logits, full_logits, atol=2e-5, rtol=1e-5)
 
 
+def test_hand_written_decode_loop_over_an_attention_free_first_block(stories_copy, tinystories_ids):
+    """A decode loop as users and the benchmark write it: one DynamicCache, no position ids. Block 0 has no
+    attention, so its cache layer stores nothing; the cache's length must still be the tokens seen (transformers
+    >= 5.25 asks layer 0 for it)."""
+    from transformers import DynamicCache
+
+    model = slice_randomly(stories_copy, SLICED_KV, SLICED_FFN, seed=5)
+    ids = real_tokens(tinystories_ids, 24)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        steps = [model(ids[:, :16], cache=cache).logits]
+        assert cache.get_seq_length() == 16
+        steps += [model(ids[:, t : t + 1], cache=cache).logits for t in range(16, 24)]
+        full = model(ids, use_cache=False).logits
+    assert cache.get_seq_length() == 24
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=2e-5, rtol=1e-5)
+
+
 def test_cached_generation_with_padding(stories_copy, tinystories_ids):
     model = slice_randomly(stories_copy, SLICED_KV, SLICED_FFN, seed=4)
     prompt = real_tokens(tinystories_ids, 30, batch=2)
