@@ -119,7 +119,7 @@ class AttentionFreeCacheLayer(DummyLayer):
 def adopt_cache(cache) -> None:
     """Give the attention-free layers of ``cache`` (any transformers cache built from our config) a length."""
     layers = getattr(cache, "layers", None)
-    if layers is None:  # e.g. an encoder-decoder wrapper; our models are decoder-only
+    if layers is None:  # no cache (use_cache off)
         return
     for i, layer in enumerate(layers):
         if type(layer) is DummyLayer:
