@@ -55,9 +55,12 @@ def _print_artifact_widths(path: str, widths: dict, as_json: bool) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     import torch
 
+    from ..compute import ComputeSettings
     from ..data import load_corpus, tokenize_corpus
     from ..eval import artifact_runtime, evaluate_artifact, perplexity, torch_logits_fn
-    from ..model import load_model
+    from ..eval.perplexity import streamed_perplexity
+    from ..model.blocks import open_model
+    from ..prune.stream import BlockRunner
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,10 +68,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
         corpus = load_corpus(args.data)
         result = evaluate_artifact(Path(args.model), corpus, args.seq_len, args.max_windows, args.threads)
     else:
-        model, tokenizer = load_model(args.model)
+        model, tokenizer, _, blocks = open_model(args.model, ComputeSettings(**given_options(args, ComputeSettings)))
         corpus = load_corpus(args.data)
         ids = tokenize_corpus(tokenizer, corpus)
-        result = perplexity(torch_logits_fn(model), ids, args.seq_len, args.max_windows, args.batch_size, corpus)
+        if blocks is not None:
+            runner = BlockRunner(model, args.batch_size, blocks)
+            result = streamed_perplexity(runner, ids, args.seq_len, args.max_windows, corpus)
+        else:
+            result = perplexity(torch_logits_fn(model), ids, args.seq_len, args.max_windows, args.batch_size,
+                                corpus)
     record = {"model": str(args.model), **result.to_dict()}
     if args.json and args.json != "-":
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
@@ -176,7 +184,10 @@ def _interrupted(out: Path, kept: Path, what: str) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     import torch
 
+    from ..compute import ComputeSettings
+    from ..data import load_calibration
     from ..model import save_checkpoint
+    from ..model.blocks import open_model, save_streamed_checkpoint
     from ..prune import PruneSettings, prune_model
 
     out = Path(args.out)
@@ -185,20 +196,30 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise PutriError("give --sparsity S: the fraction of block parameters to remove, in [0, 1)")
     settings = PruneSettings(**given_options(args, PruneSettings))
     settings.check()
-    model, tokenizer, source, calib = _load_for_pruning(args)
+    compute = ComputeSettings(**given_options(args, ComputeSettings))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(out)
+    model, tokenizer, source, blocks = open_model(args.model, compute, work=state_dir.with_name(state_dir.name +
+                                                                                                ".blocks"))
+    calib = load_calibration(tokenizer, args.calib, args.calib_samples, args.calib_len)
     try:
-        report = prune_model(model, calib, settings, state_dir=state_dir, resume=args.resume)
+        report = prune_model(model, calib, settings, state_dir=state_dir, resume=args.resume, blocks=blocks)
     except KeyboardInterrupt:
         return _interrupted(out, state_dir, "Progress is")
     report["source_model"] = str(args.model)
     report["threads"] = torch.get_num_threads()
-    save_checkpoint(model, tokenizer, out, source_dir=source, overwrite=args.overwrite,
-                    extra_files={"pruning_report.json": json.dumps(report, indent=2) + "\n"})
+    extra = {"pruning_report.json": json.dumps(report, indent=2) + "\n"}
+    if blocks is not None:
+        save_streamed_checkpoint(model, blocks, out, overwrite=args.overwrite, extra_files=extra)
+        blocks.forget()
+    else:
+        save_checkpoint(model, tokenizer, out, source_dir=source, overwrite=args.overwrite, extra_files=extra)
     print(f"{out}: {settings.method} at sparsity {settings.sparsity}: blocks {report['params_blocks']:,} / "
           f"{report['dense_params_blocks']:,} (achieved {report['sparsity_blocks']:.4f}), total "
           f"{report['params_total']:,} ({report['sparsity_total']:.4f}); {report['prune_seconds']:.1f} s, "
-          f"peak RSS {report['peak_rss_mb']:.0f} MB")
+          f"peak RSS {report['peak_rss_mb']:.0f} MB ({report['device']}, {report['dtype']}"
+          f"{', streamed' if report['streamed'] else ''})")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..compute import ComputeSettings
 from ..options import add_options
 from .commands import (
     cmd_bench,
@@ -42,6 +43,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--json", metavar="FILE", help="write the result as JSON to FILE ('-' for stdout)")
+    add_options(p, ComputeSettings)
     p.set_defaults(func=cmd_eval)
 
 
@@ -66,6 +68,7 @@ def _add_prune(sub) -> None:
     p = sub.add_parser("prune", help="structured pruning to a smaller per-layer-width checkpoint")
     _add_pruning_io(p, calib_samples=64, resume_help="continue an interrupted run from its last finished block")
     add_options(p, PruneSettings)
+    add_options(p, ComputeSettings)
     p.add_argument("--state-dir", help="where progress is kept for --resume (default: under the cache)")
     p.set_defaults(func=cmd_prune)
 

@@ -70,9 +70,38 @@ def perplexity(
     )
 
 
+def streamed_perplexity(runner, ids: torch.Tensor, seq_len: int, max_windows: int | None = None,
+                        corpus: Corpus | None = None, chunk_tokens: int = 65536, progress: bool = True
+                        ) -> PerplexityResult:
+    """The same windows and mean NLL as :func:`perplexity`, for a model streamed block by block (``runner`` is a
+    ``prune.stream.BlockRunner`` over a block store): ``chunk_tokens`` tokens of windows at a time go through every
+    block, so one block and one chunk's hidden states are alive at once."""
+    from ..prune.stream import batches, sequential
+
+    wins = windows(ids, seq_len, max_windows, corpus.source if corpus else "the corpus")
+    total = 0.0
+    per_chunk = max(1, chunk_tokens // seq_len)
+    with torch.inference_mode():
+        for chunk in tqdm(list(batches(len(wins), per_chunk)), desc="perplexity (streamed)", unit="chunk",
+                          disable=not progress):
+            part = wins[chunk]
+            hidden = sequential(runner, runner.embed(part), desc="blocks", progress=False)
+            for b in batches(part.shape[0], runner.batch_size):
+                logits = runner.logits(hidden[b]).cpu()
+                total += float(window_nll(lambda _, logits=logits: logits, part[b]))
+    count = len(wins) * (seq_len - 1)
+    mean = total / count
+    return PerplexityResult(
+        perplexity=math.exp(mean), mean_nll=mean, windows=len(wins), predicted_tokens=count, seq_len=seq_len,
+        corpus_tokens=int(ids.numel()), data=corpus.name if corpus else "", data_source=corpus.source if corpus else "",
+    )
+
+
 def torch_logits_fn(model: torch.nn.Module) -> LogitsFn:
+    device = next(model.parameters()).device
+
     def fn(batch: torch.Tensor) -> torch.Tensor:
-        return model(input_ids=batch, use_cache=False).logits
+        return model(input_ids=batch.to(device), use_cache=False).logits.cpu()
 
     return fn
 

@@ -26,6 +26,7 @@ class PruneContext:
     store: ResumeStore
     progress: bool = True
     dense_cache: dict | None = None
+    attn_scoring: str = "loss"  # the scoring settings.attn_scoring resolved to on this run (Putri)
 
     def attention_slice(self) -> torch.Tensor:
         """The calibration slice that scores attention removals: ``attn_samples`` windows spread over the set,

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import torch
 
+from ..compute import peak_device_memory_mb, reset_peak_device_memory, synchronize
 from ..data import Calibration
+from ..errors import PutriError
 from ..model import PutriForCausalLM, Widths, achieved, param_counts
+from ..model.blocks import BlockStore
 from ..resume import ResumeStore, fingerprint, model_fingerprint
 from .context import PruneContext
 from .methods import METHODS
@@ -24,8 +27,12 @@ from .stream import BlockRunner
 
 def prune_model(model: PutriForCausalLM, calib: Calibration, settings: PruneSettings,
                 state_dir: Path | None = None, resume: bool = False, progress: bool = True,
-                dense_cache: dict | None = None) -> dict:
+                dense_cache: dict | None = None, blocks: BlockStore | None = None) -> dict:
     """Prune ``model`` in place and return the report.
+
+    ``blocks``: the block store of a streamed model (``model.blocks.open_model``); its blocks are read, pruned and
+    written back one at a time (Putri with local attention scoring), and the result is saved with
+    ``save_streamed_checkpoint``. None: the model is held whole on its device.
 
     ``state_dir``: where progress is kept (resumable with ``resume=True``; removed when the job finishes).
     ``dense_cache``: a dict the caller passes again when pruning *the same dense model with the same
@@ -34,14 +41,28 @@ def prune_model(model: PutriForCausalLM, calib: Calibration, settings: PruneSett
     """
     settings.check()
     start = time.perf_counter()
+    device = model.model.embed_tokens.weight.device
     dense = param_counts(model)
-    key = fingerprint(asdict(settings), calib.provenance(), model_fingerprint(model))
+    scoring = settings.scoring(device.type, dense.blocks, streamed=blocks is not None)
+    if blocks is not None and (settings.method != "putri" or scoring != "local"):
+        raise PutriError(f"a streamed model is pruned one block at a time, which --method putri with --attn-scoring "
+                         f"local does; {settings.method} with {scoring} scoring revisits blocks: use --streaming off "
+                         "(the whole model in memory)")
+    if blocks is not None and blocks.work is None:
+        raise PutriError("a streamed model needs a work folder for its pruned blocks")
+    weights = model_fingerprint(model) if blocks is None else blocks.fingerprint()
+    key = fingerprint(asdict(settings), calib.provenance(), weights, model.model.embed_tokens.weight.dtype)
     store = ResumeStore(state_dir, key, resume, what="pruning run")
     resumed = store.resumed
+    if blocks is not None and not resumed:
+        blocks.reset()
     model.eval()
-    ctx = PruneContext(model, calib, settings, BlockRunner(model, settings.batch_size), store, progress, dense_cache)
+    reset_peak_device_memory(device)
+    ctx = PruneContext(model, calib, settings, BlockRunner(model, settings.batch_size, blocks), store, progress,
+                       dense_cache, scoring)
     with torch.no_grad():
         details = METHODS[settings.method](ctx)
+    synchronize(device)
     store.clear()
     return {
         "method": settings.method,
@@ -53,5 +74,9 @@ def prune_model(model: PutriForCausalLM, calib: Calibration, settings: PruneSett
         "resumed": resumed,
         "prune_seconds": time.perf_counter() - start,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device": str(device),
+        "dtype": str(model.model.embed_tokens.weight.dtype).removeprefix("torch."),
+        "streamed": blocks is not None,
+        "peak_device_memory_mb": peak_device_memory_mb(device),
         "details": details,
     }

@@ -24,13 +24,35 @@ def damped(hessian: torch.Tensor, damping: float) -> torch.Tensor:
     return h
 
 
-def _cholesky_with_retry(hessian: torch.Tensor, damping: float) -> tuple[torch.Tensor, float]:
-    """Cholesky factor of the damped H, raising the damping tenfold until it factors."""
+def _working_copy(hessian: torch.Tensor, flip: bool = False, rows: int = 1024) -> torch.Tensor:
+    """An fp64 copy of the symmetric H (of ``P H P`` with ``flip``) in column-major order, filled ``rows`` rows at
+    a time: LAPACK factors a column-major matrix in place, so no second full-size temporary ever exists (a row-major
+    one is copied first: 512 MB more for an 8192-wide FFN). H may be stored in fp32."""
+    n = hessian.shape[0]
+    buffer = torch.empty(n, n, dtype=torch.float64, device=hessian.device)
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        if flip:
+            buffer[n - r1:n - r0] = hessian[r0:r1].flip(0, 1)
+        else:
+            buffer[r0:r1] = hessian[r0:r1]
+    return buffer.mT  # H is symmetric: the transpose of the rows written is the matrix itself
+
+
+def _cholesky_with_retry(hessian: torch.Tensor, damping: float, flip: bool = False) -> tuple[torch.Tensor, float]:
+    """Cholesky factor of the damped H (of ``P H P``, P the reversal, with ``flip``), raising the damping tenfold
+    until it factors. The factor is computed in place in the one working copy of H."""
     lam = damping
+    mean_diag = torch.diagonal(hessian).double().mean()
     for _ in range(12):
-        factor, info = torch.linalg.cholesky_ex(damped(hessian, lam))
+        a = _working_copy(hessian, flip)
+        if lam > 0 and mean_diag > 0:
+            a.diagonal().add_(lam * mean_diag)
+        info = torch.empty((), dtype=torch.int32, device=a.device)
+        torch.linalg.cholesky_ex(a, out=(a, info))  # in place: the copy becomes the factor
         if int(info) == 0:
-            return factor, lam
+            return a, lam
+        del a
         lam = max(lam * 10, 1e-8)
     diag = hessian.diagonal()
     raise PutriError(f"a layer's input Gram matrix ({hessian.shape[0]} channels) does not factor even with relative "
@@ -45,15 +67,26 @@ def obs_scores(weight: torch.Tensor, hessian: torch.Tensor, tokens: int, damping
 
     ``U = chol_upper(H^-1)``, ``S[r, j] = W[r, j]^2 / U[j, j]^2``, ``score_j = sum_r e_r S[r, j]`` with
     ``e_r = mean(y_r^2) = (W H W^T)[r, r] / tokens``. Returns the scores and the damping used.
+
+    Only diag(U) is needed, and it takes one Cholesky factor and no inverse: with P the reversal permutation and
+    ``P H P = M M^T``, ``U = P M^-1 P`` is upper triangular with ``U^T U = H^-1``, so ``U[j, j] = 1 / M[n-1-j, n-1-j]``
+    (one n x n fp64 workspace instead of three: what bounds the memory of an 8192-wide FFN).
     """
     w = weight.double()
-    h = hessian.double()
-    factor, lam = _cholesky_with_retry(h, damping)
-    h_inv = torch.cholesky_inverse(factor)
-    upper = torch.linalg.cholesky(h_inv, upper=True)
-    energy = ((w @ h) * w).sum(dim=1) / max(tokens, 1)
-    saliency = w.pow(2) / torch.diagonal(upper).pow(2)
-    return energy @ saliency, lam
+    energy = output_energy(w, hessian) / max(tokens, 1)
+    factor, lam = _cholesky_with_retry(hessian, damping, flip=True)
+    u_diag = 1.0 / torch.diagonal(factor).flip(0)
+    del factor
+    return (energy @ w.pow(2)) / u_diag.pow(2), lam
+
+
+def output_energy(weight: torch.Tensor, hessian: torch.Tensor, rows: int = 256) -> torch.Tensor:
+    """``(W H W^T)[r, r]`` for every output r (fp64), ``rows`` rows of W at a time, in H's storage dtype."""
+    out = torch.empty(weight.shape[0], dtype=torch.float64, device=weight.device)
+    for r0 in range(0, weight.shape[0], rows):
+        w = weight[r0:r0 + rows].to(hessian.dtype)
+        out[r0:r0 + rows] = ((w @ hessian) * w).sum(dim=1, dtype=torch.float64)
+    return out
 
 
 def least_squares_columns(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor,
@@ -65,23 +98,38 @@ def least_squares_columns(weight: torch.Tensor, hessian: torch.Tensor, keep: tor
     kept ones. Falls back to a least-squares solve when H[K, K] is singular.
     """
     w = weight.double()
-    h = hessian.double()
-    h_kk = damped(h[keep][:, keep], damping)
-    rhs = h[keep] @ w.T
-    factor, info = torch.linalg.cholesky_ex(h_kk)
+    h = hessian
+    keep = keep.to(h.device)
+    rows = h.index_select(0, keep).double()  # H[K, :] (H may be stored in fp32; the solve is fp64)
+    rhs = rows @ w.T
+    h_kk = rows.index_select(1, keep)
+    del rows
+    h_kk = damped(h_kk, damping) if damping > 0 else h_kk
+    factor = _working_copy(h_kk)
+    info = torch.empty((), dtype=torch.int32, device=h.device)
+    torch.linalg.cholesky_ex(factor, out=(factor, info))
     if int(info) == 0:
+        del h_kk
         solution = torch.cholesky_solve(rhs, factor)
     else:
-        solution = torch.linalg.lstsq(h_kk, rhs, driver="gelsd").solution
+        del factor
+        solution = torch.linalg.lstsq(h_kk, rhs, driver="gelsd" if h.device.type == "cpu" else None).solution
     return solution.T.to(weight.dtype).contiguous()
 
 
+def gram_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    """The dtype a Gram matrix is stored and accumulated in: fp64 for fp32 models; fp32 for half-precision ones,
+    whose inputs carry 8-11 bits (an 8192-wide FFN's H is then 256 MB instead of 512). Factorizations and solves
+    are fp64 either way."""
+    return torch.float64 if weight_dtype == torch.float32 else torch.float32
+
+
 def gram(z: torch.Tensor, out: torch.Tensor | None = None, chunk: int = 8192) -> torch.Tensor:
-    """``z^T z`` of rows ``z`` [N, d], accumulated in fp64 (added to ``out`` when given), in row chunks so
-    the fp64 copy never exceeds ``chunk`` rows."""
-    h = out if out is not None else torch.zeros(z.shape[1], z.shape[1], dtype=torch.float64)
+    """``z^T z`` of rows ``z`` [N, d], accumulated in ``out``'s dtype (a new fp64 matrix when not given), in row
+    chunks so the converted copy never exceeds ``chunk`` rows."""
+    h = out if out is not None else torch.zeros(z.shape[1], z.shape[1], dtype=torch.float64, device=z.device)
     for start in range(0, z.shape[0], chunk):
-        part = z[start:start + chunk].double()
+        part = z[start:start + chunk].to(h.dtype)
         h.addmm_(part.T, part)
     return h
 
@@ -95,7 +143,8 @@ class LinearPruner:
     def __init__(self, weight: torch.Tensor):
         self.weight = weight.detach()
         width = self.weight.shape[1]
-        self.hessian = torch.zeros(width, width, dtype=torch.float64)
+        # On the weight's device: a block pruned on a GPU accumulates its statistics there.
+        self.hessian = torch.zeros(width, width, dtype=gram_dtype(self.weight.dtype), device=self.weight.device)
         self.tokens = 0
 
     def add_batch(self, z: torch.Tensor) -> None:
@@ -144,23 +193,56 @@ def refit_error(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor,
     return total - float((m * torch.cholesky_solve(m, factor)).sum())
 
 
+def group_removal_curve(weight: torch.Tensor, hessian: torch.Tensor, groups: Sequence[torch.Tensor],
+                        damping: float = 1e-6) -> tuple[list[int], list[float]]:
+    """Order in which to drop input-channel groups of ``y = W z`` (e.g. KV-head groups at o_proj), and the output
+    error left after each drop.
+
+    Greedy and nested: each step drops the remaining group whose removal leaves the smallest output error after
+    the least-squares refit of the others (``refit_error``). Keeping the first ``k`` groups of the reversed order
+    is the local choice for any ``k``; ``errors[k]`` is the error with the first ``k`` groups of the order gone
+    (``errors[0] = 0``). One factorization per step: with ``S = H[K, K]^-1`` and the refit ``G = S H[K, :] W^T``,
+    dropping group g from K adds ``tr(G_g^T S_gg^-1 G_g)`` to the error (the group form of OBS).
+    """
+    w = weight.double()
+    h = hessian.double()
+    total = float(output_energy(w, h).sum())
+    remaining = list(range(len(groups)))
+    order, errors = [], [0.0]
+    while remaining:
+        keep = torch.cat([groups[i] for i in remaining])
+        m = h[keep] @ w.T
+        factor, _ = _cholesky_with_retry(h[keep][:, keep], damping)
+        inverse = torch.cholesky_inverse(factor)
+        refit = inverse @ m
+        error = total - float((m * refit).sum())
+        starts = torch.cumsum(torch.tensor([0] + [len(groups[i]) for i in remaining]), 0).tolist()
+        trials = {}
+        for pos, g in enumerate(remaining):
+            idx = slice(starts[pos], starts[pos + 1])
+            g_rows = refit[idx]
+            trials[g] = error + float((g_rows * torch.linalg.solve(inverse[idx, idx], g_rows)).sum())
+        best = min(remaining, key=lambda g: (trials[g], g))
+        order.append(best)
+        errors.append(max(trials[best], 0.0))
+        remaining.remove(best)
+    return order, errors
+
+
 def group_removal_order(weight: torch.Tensor, hessian: torch.Tensor, groups: Sequence[torch.Tensor],
                         damping: float = 1e-6) -> list[int]:
-    """Order in which to drop input-channel groups of ``y = W z`` (e.g. KV-head groups at o_proj).
+    """The order of :func:`group_removal_curve`."""
+    return group_removal_curve(weight, hessian, groups, damping)[0]
 
-    Greedy and nested: each step drops the remaining group whose removal leaves the smallest
-    output error after the least-squares refit of the others (``refit_error``). Keeping the
-    first ``k`` groups of the reversed order is the local choice for any ``k``.
-    """
-    remaining = list(range(len(groups)))
-    order = []
-    while remaining:
-        def error_without(g):
-            kept = [groups[i] for i in remaining if i != g]
-            keep = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long)
-            return refit_error(weight, hessian, keep, damping)
 
-        best = min(remaining, key=lambda g: (error_without(g), g))
-        order.append(best)
-        remaining.remove(best)
-    return order
+def allocate_removals(curves: dict[int, list[float]], count: int) -> dict[int, int]:
+    """How many groups each layer drops so that ``count`` groups go in all: greedy by the smallest next increase of
+    each layer's (normalized) error curve, ties to the earlier layer. ``curves[l][k]``: error with k groups gone."""
+    taken = dict.fromkeys(curves, 0)
+    for _ in range(count):
+        open_layers = [l for l in curves if taken[l] + 1 < len(curves[l])]
+        if not open_layers:
+            break
+        l = min(open_layers, key=lambda l: (curves[l][taken[l] + 1] - curves[l][taken[l]], l))
+        taken[l] += 1
+    return taken

@@ -8,6 +8,10 @@ from ..errors import PutriError
 from ..options import option
 
 METHOD_NAMES = ("putri", "2ssp", "shortgpt", "flap")
+ATTN_SCORINGS = ("auto", "loss", "local")
+# auto scores attention locally on CPU from this many block parameters up (loss-based trials cost
+# rounds x candidates x remaining depth forward passes).
+LOCAL_SCORING_FROM_PARAMS = 500_000_000
 
 
 def check_sparsity(sparsity: float) -> None:
@@ -27,6 +31,11 @@ class PruneSettings:
     update_damping: float = option(0.0, "relative ridge in the least-squares updates")
     # Default on: measured better on held-out text (results/pruning/refit_study_0.50.json).
     o_refit: bool = option(True, "least-squares refit of the kept o_proj columns after head removal (Putri)")
+    attn_scoring: str = option(
+        "auto", "how KV-head groups are chosen (Putri): loss = greedy rounds scored by calibration loss (the paper's); "
+        "local = each group's o_proj output error after the least-squares refit, relative to the stream, allocated "
+        "globally (cost independent of depth); auto = local when streaming or on CPU from "
+        f"{LOCAL_SCORING_FROM_PARAMS / 1e9:g}B block parameters, else loss", choices=ATTN_SCORINGS)
     attn_samples: int = option(2, "calibration samples scoring attention removals")
     attn_len: int = option(256, "their first tokens")
     batch_size: int = option(8, "calibration samples per forward")
@@ -39,3 +48,11 @@ class PruneSettings:
             raise PutriError("attn-samples and batch-size must be >= 1 and attn-len >= 2")
         if self.damping < 0 or self.update_damping < 0:
             raise PutriError("damping must be >= 0")
+        if self.attn_scoring not in ATTN_SCORINGS:
+            raise PutriError(f"unknown attn-scoring {self.attn_scoring!r}; choose one of {', '.join(ATTN_SCORINGS)}")
+
+    def scoring(self, device_type: str, block_params: int, streamed: bool) -> str:
+        """The attention scoring ``auto`` stands for on this run."""
+        if self.attn_scoring != "auto":
+            return self.attn_scoring
+        return "local" if streamed or (device_type == "cpu" and block_params >= LOCAL_SCORING_FROM_PARAMS) else "loss"

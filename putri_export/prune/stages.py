@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import PutriError
 from ..model import PutriForCausalLM, keep_ffn_neurons, keep_kv_groups, layer_group_channels
 from .context import PruneContext
 from .obs import LinearPruner
-from .stream import BlockRunner, ChannelMask, capture_inputs, sequential
+from .stream import BlockRunner, ChannelMask, Visitor, capture_inputs, sequential
 
 # ---------------------------------------------------------------------------------------------
 # FFN pass: block by block, resumable after every block
@@ -38,16 +39,19 @@ def _restore_ffn(model: PutriForCausalLM, layer_idx: int, tensors: dict[str, tor
 FFNVisitor = Callable[[int, torch.Tensor], "tuple[dict, torch.Tensor | None]"]
 
 
-def ffn_pass(ctx: PruneContext, visit: FFNVisitor, desc: str) -> tuple[list[dict], bool]:
+def ffn_pass(ctx: PruneContext, visit: FFNVisitor, desc: str, attention: Visitor | None = None
+             ) -> tuple[list[dict], bool]:
     """Run ``visit(l, h)`` on every FFN's input stream, block by block, saving the pruned FFN and the stream
     after each block so that ``--resume`` continues from the last finished one. ``visit`` returns the layer's
-    log entry and, optionally, the stream after the FFN (None: run the possibly pruned FFN).
-    Returns the log and whether the pass started from the first block."""
+    log entry and, optionally, the stream after the FFN (None: run the possibly pruned FFN); ``attention``, when
+    given, is the attention visitor of :func:`sequential`. Returns the log and whether the pass started from the
+    first block."""
     model, store = ctx.model, ctx.store
     done = store.get("ffn_done", 0)
     log: list[dict] = store.get("ffn_log", [])
-    for l in range(done):
-        _restore_ffn(model, l, store.tensors(f"ffn{l}"))
+    if ctx.runner.blocks is None:  # a streamed model reads finished blocks back from its block store
+        for l in range(done):
+            _restore_ffn(model, l, store.tensors(f"ffn{l}"))
     hidden = store.tensors("hidden")["hidden"] if done else ctx.runner.embed(ctx.calib.ids)
 
     def on_ffn(l: int, h: torch.Tensor) -> torch.Tensor | None:
@@ -56,9 +60,12 @@ def ffn_pass(ctx: PruneContext, visit: FFNVisitor, desc: str) -> tuple[list[dict
         return out
 
     def checkpoint(l: int, _x_in: torch.Tensor, x_out: torch.Tensor) -> None:
-        store.save({"hidden": {"hidden": x_out}, f"ffn{l}": _ffn_tensors(model, l)}, ffn_done=l + 1, ffn_log=log)
+        # A streamed block was written back when it was closed: only the stream is kept here.
+        ffn = {} if ctx.runner.blocks is not None else {f"ffn{l}": _ffn_tensors(model, l)}
+        store.save({"hidden": {"hidden": x_out}, **ffn}, ffn_done=l + 1, ffn_log=log)
 
-    sequential(ctx.runner, hidden, ffn=on_ffn, after_block=checkpoint, start=done, desc=desc, progress=ctx.progress)
+    sequential(ctx.runner, hidden, attention=attention, ffn=on_ffn, after_block=checkpoint, start=done, desc=desc,
+               progress=ctx.progress)
     return log, done == 0
 
 
@@ -140,6 +147,10 @@ def attention_stage(ctx: PruneContext, rounds: int, per_round: int, unit: str
     """Greedy removal of KV-head groups (``unit='group'``) or whole attention layers (``'layer'``) by masking,
     scored by the calibration loss of :meth:`PruneContext.attention_slice`; resumable per round."""
     model, store = ctx.model, ctx.store
+    if ctx.runner.blocks is not None:
+        raise PutriError("scoring attention by calibration loss revisits every later block for each candidate, so it "
+                         "needs the whole model in memory: use --attn-scoring local with --streaming, or "
+                         "--streaming off")
     c = model.config
     attn_layers = [l for l in range(c.num_hidden_layers) if model.model.layers[l].self_attn is not None]
     masks = {l: ChannelMask(model.model.layers[l].self_attn.o_proj) for l in attn_layers}

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers.masking_utils import create_causal_mask
 
 from ..finite import check_finite
+from ..model.blocks import BlockStore
 
 _LAYER = object()  # "the layer's own sub-layer" (None means: no sub-layer)
 
@@ -30,8 +31,10 @@ def batches(n: int, batch_size: int) -> Iterator[slice]:
 class BlockRunner:
     """A model's embedding, sub-layers and head applied to [N, T, d] hidden states, ``batch_size`` samples at a time."""
 
-    def __init__(self, model, batch_size: int = 8):
-        self.model, self.batch_size = model, batch_size
+    def __init__(self, model, batch_size: int = 8, blocks: BlockStore | None = None):
+        # blocks: a streamed model's block store (sequential opens each block before it and closes it after);
+        # None: the model is held whole.
+        self.model, self.batch_size, self.blocks = model, batch_size, blocks
         self._kwargs: dict[tuple, dict] = {}
 
     @property
@@ -57,9 +60,19 @@ class BlockRunner:
             out[b] = fn(x[b])
         return out
 
+    def open(self, l: int) -> None:
+        if self.blocks is not None:
+            self.blocks.open(l)
+
+    def close(self, l: int) -> None:
+        if self.blocks is not None:
+            self.blocks.close(l)
+
     @torch.no_grad()
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.model.embed_tokens(ids).float()
+        """The hidden states entering block 0, on the model's device in its dtype."""
+        weight = self.model.model.embed_tokens.weight
+        return self.model.model.embed_tokens(ids.to(weight.device))
 
     @torch.no_grad()
     def attention(self, layer: nn.Module, x: torch.Tensor, attn: nn.Module | None = _LAYER) -> torch.Tensor:
@@ -102,7 +115,8 @@ class BlockRunner:
         for b in batches(hidden.shape[0], self.batch_size):
             logits = self.logits(hidden[b])
             total += torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                                       ids[b, 1:].reshape(-1), reduction="sum").item()
+                                                       ids[b, 1:].reshape(-1).to(logits.device),
+                                                       reduction="sum").item()
             count += ids[b, 1:].numel()
         return total / count
 
@@ -140,18 +154,21 @@ def sequential(runner: BlockRunner, hidden: torch.Tensor, *, attention: Visitor 
 
     A visitor that returns a tensor gives the stream after its sub-layer itself (the supernet's expectation over
     variants, or an output already computed while observing); None means: run the (possibly changed) sub-layer.
+    A streamed model's block is opened before its visitors and closed (written back) before ``after_block``.
     Returns the hidden states leaving the last block.
     """
     layers = runner.layers
     for l in tqdm(range(start, len(layers)), desc=desc, unit="block", initial=start, total=len(layers),
                   disable=not progress):
+        runner.open(l)
         layer = layers[l]
         h = attention(l, hidden) if attention is not None else None
         if h is None:
             h = runner.attention(layer, hidden)
         out = ffn(l, h) if ffn is not None else None
         if out is None:
-            out = runner.ffn(layer, h)
+            out = runner.ffn(layers[l], h)
+        runner.close(l)
         check_finite(out, f"the calibration hidden states leaving block {l}",
                      f"a value overflowed: check the weights of block {l} (a huge tensor?) and the calibration text")
         if after_block is not None:
@@ -176,7 +193,7 @@ class ChannelMask:
         mask = self.mask if self.extra is None else self.mask * self.extra
         if bool((mask == 1).all()):
             return None
-        return (args[0] * mask.to(args[0].dtype),)
+        return (args[0] * mask.to(args[0].device, args[0].dtype),)
 
     def remove(self) -> None:
         self.handle.remove()

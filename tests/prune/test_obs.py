@@ -80,3 +80,55 @@ def test_ffn_pruner_keeps_the_salient_neurons_and_updates():
     err_updated = (z[:, keep] @ columns.T - z @ w.T).pow(2).mean()
     err_sliced = (z[:, keep] @ w[:, keep].T - z @ w.T).pow(2).mean()
     assert err_updated < 1e-3 * err_sliced
+
+
+def test_obs_scores_equal_the_explicit_upper_cholesky_of_the_inverse():
+    # One factor of the reversed H gives diag(chol_upper(H^-1)) without the inverse; compare with the explicit form.
+    gen = torch.Generator().manual_seed(2)
+    z = torch.randn(400, 40, generator=gen, dtype=torch.float64) @ torch.randn(40, 40, generator=gen,
+                                                                                dtype=torch.float64)
+    h, w = _gram(z), torch.randn(7, 40, generator=gen, dtype=torch.float64)
+    scores, _ = obs_scores(w, h, tokens=400, damping=1e-2)
+    upper = torch.linalg.cholesky(torch.linalg.inv(damped(h, 1e-2)), upper=True)
+    expected = (((w @ h) * w).sum(1) / 400) @ (w.pow(2) / torch.diagonal(upper).pow(2))
+    torch.testing.assert_close(scores, expected, rtol=1e-9, atol=0)
+
+
+def test_gram_stored_in_fp32_for_half_precision_weights_gives_the_same_choice():
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(600, 48, generator=gen) @ torch.randn(48, 48, generator=gen)
+    w = torch.randn(16, 48, generator=gen)
+    full, half = LinearPruner(w), LinearPruner(w.bfloat16())
+    assert full.hessian.dtype == torch.float64 and half.hessian.dtype == torch.float32
+    full.add_batch(z)
+    half.add_batch(z)
+    keep_full, _, _ = full.prune(24)
+    keep_half, cols_half, _ = half.prune(24)
+    assert torch.equal(keep_full, keep_half)
+    assert cols_half.dtype == torch.bfloat16 and torch.isfinite(cols_half.float()).all()
+
+
+def test_group_removal_curve_equals_refitting_every_candidate():
+    # The one-factor-per-step form (group OBS) against the definition: refit without each candidate, keep the best.
+    from putri_export.prune.obs import allocate_removals, group_removal_curve, refit_error
+
+    gen = torch.Generator().manual_seed(4)
+    z = torch.randn(500, 48, generator=gen, dtype=torch.float64) @ torch.randn(48, 48, generator=gen,
+                                                                                dtype=torch.float64)
+    h, w = _gram(z), torch.randn(20, 48, generator=gen, dtype=torch.float64)
+    groups = [torch.arange(g * 8, g * 8 + 8) for g in range(6)]
+    order, errors = group_removal_curve(w, h, groups)
+    remaining, expected_order, expected_errors = list(range(6)), [], [0.0]
+    while remaining:
+        trials = {g: refit_error(w, h, torch.cat([groups[i] for i in remaining if i != g])
+                                 if len(remaining) > 1 else torch.zeros(0, dtype=torch.long)) for g in remaining}
+        best = min(remaining, key=lambda g: (trials[g], g))
+        expected_order.append(best)
+        expected_errors.append(trials[best])
+        remaining.remove(best)
+    assert order == expected_order
+    torch.testing.assert_close(torch.tensor(errors), torch.tensor(expected_errors), rtol=1e-4, atol=1e-6)
+    assert errors == sorted(errors)  # nested removals only add error
+    # Global allocation: the cheapest next removal first, never more groups than a layer has.
+    assert allocate_removals({0: [0.0, 1.0, 5.0], 1: [0.0, 2.0, 2.5], 2: [0.0, 9.0]}, 3) == {0: 1, 1: 2, 2: 0}
+    assert allocate_removals({0: [0.0, 1.0]}, 5) == {0: 1}

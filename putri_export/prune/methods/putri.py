@@ -4,7 +4,9 @@ calibration loss, then (default) a least-squares refit of the kept o_proj column
 Budget split from 2SSP (``prune.budget``). Stage 1, block by block on the hidden states of the *already
 pruned* earlier blocks: a hook on ``down_proj`` accumulates ``H = Σ zᵀz``; neurons are scored by OBS saliency
 weighted by output energy and the kept ``down_proj`` columns are re-solved (``prune.obs``). Stage 2: greedy
-rounds over KV-head groups (``prune.stages``).
+rounds over KV-head groups (``prune.stages``), or (``--attn-scoring local``) each layer's groups ranked by the
+o_proj output error left after the least-squares refit, measured on the stage-1 stream and allocated globally by
+that error relative to the stream's energy: one pass, whatever the depth.
 """
 
 from __future__ import annotations
@@ -13,22 +15,42 @@ from dataclasses import asdict
 
 import torch
 
-from ...model import keep_ffn_neurons
+from ...model import keep_ffn_neurons, layer_group_channels
 from ..budget import split_budget
 from ..context import PruneContext
-from ..obs import LinearPruner
+from ..obs import LinearPruner, allocate_removals, group_removal_curve
 from ..stages import attention_stage, ffn_pass, masked_groups, remove_head_groups
 from ..stream import capture_inputs
 
 
-def prune_ffns(ctx: PruneContext, keep: list[int]) -> list[dict]:
-    """Stage 1: every FFN to ``keep[l]`` neurons, each fitted on the pruned prefix's outputs."""
+def prune_ffns(ctx: PruneContext, keep: list[int], score_attention: bool = False) -> list[dict]:
+    """Stage 1: every FFN to ``keep[l]`` neurons, each fitted on the pruned prefix's outputs. With
+    ``score_attention``, each layer's KV-head groups are also scored locally on the same stream (the log entry's
+    ``attention_local``: removal order and refit-error curve relative to the stream's energy)."""
     model, runner, s = ctx.model, ctx.runner, ctx.settings
+    local: dict[int, dict] = {}
+
+    def score(l: int, x: torch.Tensor) -> torch.Tensor | None:
+        attn = model.model.layers[l].self_attn
+        if attn is None:
+            return None
+        pruner = LinearPruner(attn.o_proj.weight)
+        with capture_inputs(attn.o_proj, pruner.add_batch):
+            h = runner.attention(model.model.layers[l], x)
+        pruner.check()
+        kv = model.config.num_key_value_heads_per_layer[l]
+        order, errors = group_removal_curve(attn.o_proj.weight, pruner.hessian,
+                                            [layer_group_channels(model, l, [g]) for g in range(kv)])
+        energy = float(x.double().pow(2).sum())
+        local[l] = {"order": order, "relative_error": [e / energy for e in errors]}
+        return h
 
     def visit(l: int, h: torch.Tensor) -> tuple[dict, None]:
         layer = model.model.layers[l]
         width = model.config.intermediate_size_per_layer[l]
         entry = {"layer": l, "width": width, "kept": min(keep[l], width)}
+        if l in local:
+            entry["attention_local"] = local.pop(l)
         if layer.mlp is None or keep[l] >= width:
             return entry, None
         if keep[l] == 0:
@@ -44,12 +66,26 @@ def prune_ffns(ctx: PruneContext, keep: list[int]) -> list[dict]:
         layer.mlp.down_proj.weight.data.copy_(columns)
         return entry, None  # the pruned FFN's output feeds the next block
 
-    return ffn_pass(ctx, visit, "stage 1: FFN neurons")[0]
+    return ffn_pass(ctx, visit, "stage 1: FFN neurons", attention=score if score_attention else None)[0]
+
+
+def local_head_groups(ffn_log: list[dict], count: int) -> dict[int, list[int]]:
+    """The ``count`` KV-head groups to remove, allocated over layers by their local error curves."""
+    curves = {e["layer"]: e["attention_local"]["relative_error"] for e in ffn_log if "attention_local" in e}
+    orders = {e["layer"]: e["attention_local"]["order"] for e in ffn_log if "attention_local" in e}
+    taken = allocate_removals(curves, count)
+    return {l: orders[l][:k] for l, k in taken.items() if k}
 
 
 def prune(ctx: PruneContext) -> dict:
     budget = split_budget(ctx.model, ctx.settings.sparsity, ctx.settings.alpha)
-    ffn_log = prune_ffns(ctx, budget.ffn_keep)
-    masks, rounds = attention_stage(ctx, budget.n_attn, budget.groups_per_layer, unit="group")
-    attn_log = remove_head_groups(ctx, masked_groups(ctx.model, masks), refit=ctx.settings.o_refit)
-    return {"budget": asdict(budget), "ffn": ffn_log, "attention_rounds": rounds, "attention": attn_log}
+    scoring = ctx.attn_scoring
+    ffn_log = prune_ffns(ctx, budget.ffn_keep, score_attention=scoring == "local")
+    if scoring == "local":
+        removed, rounds = local_head_groups(ffn_log, budget.head_groups), []
+    else:
+        masks, rounds = attention_stage(ctx, budget.n_attn, budget.groups_per_layer, unit="group")
+        removed = masked_groups(ctx.model, masks)
+    attn_log = remove_head_groups(ctx, removed, refit=ctx.settings.o_refit)
+    return {"budget": asdict(budget), "attention_scoring": scoring, "ffn": ffn_log, "attention_rounds": rounds,
+            "attention": attn_log}
