@@ -101,19 +101,23 @@ def _print_report(report, json_path: str | None) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write to a staging name beside --out, verify it in its runtime, and only then rename it to --out."""
+    from ..compute import ComputeSettings
     from ..export import ParityCheck, export_verified
-    from ..model import load_model
     from ..model.assets import resolve_model
+    from ..model.blocks import open_model
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
     resolved = resolve_model(args.model)
     if resolved.gguf_file is not None:
         raise PutriError("give an HF model folder (or smollm2-135m) to export, not a .gguf file")
-    model, tokenizer = load_model(resolved.path)
+    streaming = args.streaming or "auto"
+    if args.format != "gguf" and streaming == "auto":
+        streaming = "off"  # the ONNX exporter traces the whole model
+    model, tokenizer, _, blocks = open_model(resolved.path, ComputeSettings(device="cpu", streaming=streaming))
     check = ParityCheck(data=args.check_data, seq_len=args.seq_len, max_windows=args.check_windows)
     result = export_verified(model, tokenizer, resolved.path, out, args.format, args.variant,
-                             verify=not args.no_verify, check=check, threads=args.threads)
+                             verify=not args.no_verify, check=check, threads=args.threads, blocks=blocks)
     for note in result.notes:
         print(f"note: {note}")
     if result.parity is not None:
@@ -129,7 +133,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ..export import ParityCheck, verify_artifact
 
     check = ParityCheck(data=args.check_data, seq_len=args.seq_len, max_windows=args.check_windows)
-    report = verify_artifact(Path(args.artifact), args.against, check, args.threads)
+    report = verify_artifact(Path(args.artifact), args.against, check, args.threads,
+                             streaming=args.streaming or "auto")
     _print_report(report, args.json)
     return 0 if report.passed else 1
 

@@ -113,6 +113,7 @@ def _add_export(sub) -> None:
         p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
         p.add_argument("--no-verify", action="store_true", help=f"skip the {runtime} parity check")
         _add_parity_check(p, data_flag="--verify-data", windows_flag="--verify-windows")
+        add_options(p, ComputeSettings, only=["streaming"])
         p.set_defaults(func=cmd_export)
 
 
@@ -134,6 +135,7 @@ def _add_verify(sub) -> None:
     p.add_argument("artifact", help=".gguf file or exported ONNX folder")
     p.add_argument("--against", required=True, help="the HF model folder it was exported from")
     _add_parity_check(p, data_flag="--data", windows_flag="--max-windows")
+    add_options(p, ComputeSettings, only=["streaming"])
     p.set_defaults(func=cmd_verify)
 
 

@@ -29,12 +29,13 @@ def artifact_bytes(path: Path) -> int:
 
 
 def export_verified(model, tokenizer, source: Path, out: Path, fmt: str, variant: str, *, verify: bool = True,
-                    check: ParityCheck | None = None, threads: int | None = None, progress: bool = True
-                    ) -> ExportResult:
+                    check: ParityCheck | None = None, threads: int | None = None, progress: bool = True,
+                    blocks=None) -> ExportResult:
     """Write ``model`` as ``fmt`` (``gguf`` type or ONNX quantization ``variant``) under a staging name beside
     ``out``, verify it against ``model`` in its own runtime, and rename it to ``out`` only if it passed.
 
-    ``source``: the HF folder ``model`` came from (tokenizer files). A failed parity check returns
+    ``source``: the HF folder ``model`` came from (tokenizer files). ``blocks``: the block store of a streamed
+    ``model`` (GGUF only: written and verified one block at a time). A failed parity check returns
     ``written=False``; an export error raises. Either way nothing is left at ``out`` or beside it.
     """
     import torch
@@ -44,6 +45,9 @@ def export_verified(model, tokenizer, source: Path, out: Path, fmt: str, variant
 
     if fmt not in FORMATS:
         raise PutriError(f"unknown format {fmt!r}: choose from {', '.join(FORMATS)}")
+    if blocks is not None and fmt != "gguf":
+        raise PutriError("the ONNX exporter traces the whole model at once, so it cannot stream: export ONNX with "
+                         "--streaming off (the model in memory)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_path(out, "unverified")
@@ -54,7 +58,7 @@ def export_verified(model, tokenizer, source: Path, out: Path, fmt: str, variant
             from .gguf import write_gguf
 
             with torch.no_grad():
-                report = write_gguf(model, source, tmp, variant, name=out.stem, progress=progress)
+                report = write_gguf(model, source, tmp, variant, name=out.stem, progress=progress, blocks=blocks)
             result.notes = list(report.workarounds) + [f"{name} kept as {kind} (rows not a multiple of the block)"
                                                        for name, kind in report.fallback_tensors.items()]
         else:
@@ -63,7 +67,8 @@ def export_verified(model, tokenizer, source: Path, out: Path, fmt: str, variant
             write_onnx(model, source, tmp, variant, overwrite=True)
         result.export_seconds = time.perf_counter() - t0
         if verify:
-            result.parity = verify_artifact(tmp, source, check, threads, progress=progress, loaded=(model, tokenizer))
+            result.parity = verify_artifact(tmp, source, check, threads, progress=progress,
+                                            loaded=(model, tokenizer, blocks))
             if not result.parity.passed:
                 return result
         commit(tmp, out)

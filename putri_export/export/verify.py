@@ -67,11 +67,49 @@ class ParityReport:
 
 @dataclass
 class Reference:
-    """The PyTorch side of a check: the model, its tokenizer, and the folder it came from."""
+    """The PyTorch side of a check: the model, its tokenizer, the folder it came from, and (a streamed model) its
+    block store: then every forward streams the blocks one at a time (memory: one block), greedy decoding is one
+    full forward per new token (no cache), and perplexity scores every window in one pass over the blocks."""
 
     model: torch.nn.Module
     tokenizer: object
     folder: Path
+    blocks: object | None = None  # model.blocks.BlockStore
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, V] (fp32, CPU) of token windows ``ids`` [B, T]."""
+        if self.blocks is None:
+            device = self.model.model.embed_tokens.weight.device
+            with torch.no_grad():
+                return self.model(ids.to(device), use_cache=False).logits.float().cpu()
+        from ..prune.stream import BlockRunner, sequential
+
+        runner = BlockRunner(self.model, ids.shape[0], self.blocks)
+        return runner.logits(sequential(runner, runner.embed(ids), progress=False)).cpu()
+
+    def greedy(self, prompt: torch.Tensor, new_tokens: int) -> list[int]:
+        if self.blocks is None:
+            device = self.model.model.embed_tokens.weight.device
+            with torch.no_grad():
+                out = self.model.generate(prompt[None].to(device), max_new_tokens=new_tokens,
+                                          min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+            return out[0, len(prompt):].tolist()
+        seq = prompt.tolist()
+        for _ in range(new_tokens):
+            seq.append(int(self.logits(torch.tensor([seq]))[0, -1].argmax()))
+        return seq[len(prompt):]
+
+    def perplexity(self, ids: torch.Tensor, check: ParityCheck, corpus, progress: bool):
+        from ..eval import perplexity, torch_logits_fn
+
+        if self.blocks is None:
+            return perplexity(torch_logits_fn(self.model), ids, check.seq_len, check.max_windows, corpus=corpus,
+                              progress=progress)
+        from ..eval.perplexity import streamed_perplexity
+        from ..prune.stream import BlockRunner
+
+        return streamed_perplexity(BlockRunner(self.model, 1, self.blocks), ids, check.seq_len, check.max_windows,
+                                   corpus, progress=progress)
 
     def tokenizer_for(self, runtime_kind: str):
         """The tokenization a runtime must reproduce. llama.cpp: SentencePiece itself when the model ships
@@ -91,24 +129,22 @@ def _tokenization_mismatches(runtime: Runtime, encode, docs: list[str]) -> int:
     return sum(runtime.tokenize(doc) != encode(doc) for doc in docs)
 
 
-def _prompt_logits(runtime: Runtime, model, prompt: torch.Tensor) -> tuple[float, float]:
+def _prompt_logits(runtime: Runtime, reference: Reference, prompt: torch.Tensor) -> tuple[float, float]:
     """max|Δlogit| and max|logit| over one prompt evaluated from an empty cache."""
-    with torch.no_grad():
-        ref = model(prompt[None], use_cache=False).logits[0].float().numpy()
+    ref = reference.logits(prompt[None])[0].numpy()
     got = runtime.logits(prompt.tolist())
     return float(np.abs(got - ref).max()), float(np.abs(ref).max())
 
 
-def _greedy(runtime: Runtime, model, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float, bool]:
+def _greedy(runtime: Runtime, reference: Reference, prompt: torch.Tensor, new_tokens: int
+            ) -> tuple[float, float, bool]:
     """Cached greedy decoding in the runtime vs PyTorch: the largest step-logit difference (against a full
     forward over the runtime's own sequence, so one early divergence does not hide how close the later steps
     are), the fraction of equal tokens, and whether the continuations are identical."""
     gen, step_logits = runtime.greedy(prompt.tolist(), new_tokens)
     seq = torch.tensor(prompt.tolist() + gen)
-    with torch.no_grad():
-        full = model(seq[None], use_cache=False).logits[0, len(prompt) - 1: -1].float().numpy()
-        torch_gen = model.generate(prompt[None], max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                   do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+    full = reference.logits(seq[None])[0, len(prompt) - 1: -1].numpy()
+    torch_gen = reference.greedy(prompt, new_tokens)
     agreement = float(np.mean([a == b for a, b in zip(gen, torch_gen)]))
     return float(np.abs(step_logits - full).max()), agreement, gen == torch_gen
 
@@ -117,7 +153,7 @@ def compare(runtime: Runtime, runtime_kind: str, reference: Reference, artifact:
             check: ParityCheck, progress: bool = True) -> ParityReport:
     """Run ``check`` on an artifact open in ``runtime`` against ``reference``; judge it by ``TOLERANCES``."""
     from ..data import load_corpus, tokenize_corpus
-    from ..eval import perplexity, runtime_logits_fn, torch_logits_fn
+    from ..eval import perplexity, runtime_logits_fn
 
     tol = TOLERANCES.get(artifact_type)
     if tol is None:
@@ -130,12 +166,11 @@ def compare(runtime: Runtime, runtime_kind: str, reference: Reference, artifact:
     docs = corpus.documents[: check.tokenization_docs]
     mismatches = _tokenization_mismatches(runtime, reference.tokenizer_for(runtime_kind), docs)
     prompt = ids[: check.prompt_tokens]
-    max_diff, max_logit = _prompt_logits(runtime, reference.model, prompt)
-    decode_diff, agreement, identical = _greedy(runtime, reference.model, prompt, check.new_tokens)
+    max_diff, max_logit = _prompt_logits(runtime, reference, prompt)
+    decode_diff, agreement, identical = _greedy(runtime, reference, prompt, check.new_tokens)
     ppl_rt = perplexity(runtime_logits_fn(runtime), ids, check.seq_len, check.max_windows, corpus=corpus,
                         progress=progress)
-    ppl_pt = perplexity(torch_logits_fn(reference.model), ids, check.seq_len, check.max_windows, corpus=corpus,
-                        progress=progress)
+    ppl_pt = reference.perplexity(ids, check, corpus, progress)
     ppl_rel = ppl_rt.perplexity / ppl_pt.perplexity - 1
 
     failures = []
@@ -178,13 +213,15 @@ def onnx_type_name(quantization: str) -> str:
 
 
 def verify_artifact(artifact: Path, against: str | Path, check: ParityCheck | None = None, threads: int | None = None,
-                    progress: bool = True, loaded: tuple | None = None) -> ParityReport:
+                    progress: bool = True, loaded: tuple | None = None, streaming: str = "auto") -> ParityReport:
     """A GGUF file (llama.cpp) or an exported ONNX folder (ONNX Runtime) against the HF model it came from.
 
     The runtime runs in a child process (a crash there is a ``RuntimeCrashed`` error here); the artifact is
     checked before the PyTorch model is loaded. ``loaded``: the (model, tokenizer) of ``against`` when the
-    caller already holds them."""
-    from ..model import load_model
+    caller already holds them, or (model, tokenizer, block store) of a streamed one. Otherwise ``against`` is
+    opened in fp32 on the CPU per ``streaming`` (auto: streamed when it would take over 40% of free memory)."""
+    from ..compute import ComputeSettings
+    from ..model.blocks import open_model
     from ..runtime.llamacpp import check_gguf_file
     from ..runtime.ort import check_onnx_folder
     from ..runtime.process import RuntimeProcess
@@ -199,6 +236,9 @@ def verify_artifact(artifact: Path, against: str | Path, check: ParityCheck | No
         raise PutriError(f"cannot verify {artifact}: expected a .gguf file or an exported ONNX folder")
     n_ctx = max(check.seq_len, check.prompt_tokens + check.new_tokens)
     with RuntimeProcess(kind, artifact, n_ctx=n_ctx, n_threads=threads) as runtime:
-        model, tokenizer = loaded or load_model(against)
-        return compare(runtime, kind, Reference(model, tokenizer, Path(against)), str(artifact), type_name, check,
-                       progress=progress)
+        if loaded is None:
+            model, tokenizer, _, blocks = open_model(against, ComputeSettings(device="cpu", streaming=streaming))
+        else:
+            model, tokenizer, blocks = (*loaded, None)[:3]
+        return compare(runtime, kind, Reference(model, tokenizer, Path(against), blocks), str(artifact), type_name,
+                       check, progress=progress)

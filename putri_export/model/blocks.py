@@ -172,6 +172,14 @@ class BlockStore:
                                 {name: t.detach().to("cpu").contiguous() for name, t in layer.state_dict().items()})
         layer.to("meta")
 
+    def in_turn(self, progress: bool = False, desc: str = "blocks") -> Iterator[nn.Module]:
+        """Every block, opened in turn and closed when the next one is asked for."""
+        from tqdm.auto import tqdm
+
+        for l in tqdm(range(len(self.model.model.layers)), desc=desc, unit="block", disable=not progress):
+            yield self.open(l)
+            self.close(l)
+
     def load_all(self) -> None:
         """Materialize every block (for work that revisits blocks at random: the loss-based attention search)."""
         for l in range(len(self.model.model.layers)):

@@ -205,3 +205,31 @@ def test_smollm2_f16_parity_and_tokenizer(tmp_path):
     report = verify_artifact(out, folder, ParityCheck(data="wikitext2", max_windows=2), progress=False)
     assert report.tokenization_mismatches == 0
     assert abs(report.ppl_rel_diff) <= 0.01, report.summary()
+
+
+@pytest.mark.parametrize("name", ["mixed", "last_no_ffn"])
+def test_a_streamed_export_writes_the_same_tensors_and_verifies_against_a_streamed_reference(exported, name,
+                                                                                                tmp_path):
+    # Declared from the meta skeleton, then written block by block: every tensor (placeholders included) must be
+    # byte-identical to the in-memory export, and the streamed PyTorch reference must pass the same parity check.
+    from putri_export.compute import ComputeSettings
+    from putri_export.model.blocks import open_model
+
+    folder, files = exported[name]
+    model, _, _, blocks = open_model(folder, ComputeSettings(device="cpu", streaming="on"))
+    out = tmp_path / "streamed.gguf"
+    report = write_gguf(model, folder, out, "q8_0", progress=False, blocks=blocks)
+    assert all(p.is_meta for p in model.model.layers.parameters())  # every block closed again
+    streamed, whole = gguf.GGUFReader(out), gguf.GGUFReader(files["q8_0"])
+    assert [t.name for t in streamed.tensors] == [t.name for t in whole.tensors]
+    for a, b in zip(streamed.tensors, whole.tensors):
+        assert a.tensor_type == b.tensor_type and bytes(a.data) == bytes(b.data), a.name
+    assert report.fallback_tensors == write_gguf(*load_model(folder)[:1], folder, tmp_path / "whole.gguf", "q8_0",
+                                                 progress=False).fallback_tensors
+    check = ParityCheck(data="tinystories", max_windows=2)
+    streamed_ref = verify_artifact(out, folder, check, threads=1, progress=False, streaming="on")
+    whole_ref = verify_artifact(out, folder, check, threads=1, progress=False, streaming="off")
+    assert streamed_ref.passed and whole_ref.passed, streamed_ref.summary()
+    assert streamed_ref.greedy_agreement == whole_ref.greedy_agreement  # the same reference tokens
+    assert streamed_ref.ppl_torch == pytest.approx(whole_ref.ppl_torch, rel=1e-5)
+    assert streamed_ref.max_abs_logit_diff == pytest.approx(whole_ref.max_abs_logit_diff, rel=1e-3, abs=1e-5)

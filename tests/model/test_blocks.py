@@ -154,3 +154,15 @@ def test_bad_device_and_streaming_choices_are_one_clear_error(stories_dir, tmp_p
                "2", "--calib-len", "64", "--out", str(out), "--state-dir", str(tmp_path / "state"), *flags)
     assert_one_clear_error(proc, *needles)
     assert not out.exists()
+
+
+def test_a_streamed_reference_decodes_and_scores_like_the_model_in_memory(stories_dir, tinystories_ids):
+    # Verification's PyTorch side for a streamed model: greedy by full forwards, logits block by block.
+    from putri_export.export.verify import Reference
+
+    model, tokenizer, _, blocks = open_model(stories_dir, STREAMED)
+    whole, _ = load_model(stories_dir)
+    streamed, in_memory = Reference(model, tokenizer, stories_dir, blocks), Reference(whole, tokenizer, stories_dir)
+    prompt = tinystories_ids[:48]
+    assert streamed.greedy(prompt, 24) == in_memory.greedy(prompt, 24)
+    torch.testing.assert_close(streamed.logits(prompt[None]), in_memory.logits(prompt[None]), rtol=1e-5, atol=1e-5)

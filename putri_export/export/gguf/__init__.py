@@ -12,6 +12,7 @@ import gguf
 from ...atomic import staged
 from ...errors import PutriError
 from ...model import PutriForCausalLM, Widths
+from ...model.blocks import BlockStore
 from ..formats import GGUF_TYPES
 from . import deci, openelm
 from .common import Layout, TensorSink, permute_for_rope, write_hparams
@@ -33,8 +34,11 @@ class GGUFExportReport:
 
 
 def write_gguf(model: PutriForCausalLM, tokenizer_dir: Path, out: Path, type_name: str = "f16",
-               name: str | None = None, progress: bool = True) -> GGUFExportReport:
-    """Write ``model`` (and the tokenizer found in ``tokenizer_dir``) to ``out`` atomically."""
+               name: str | None = None, progress: bool = True, blocks: BlockStore | None = None) -> GGUFExportReport:
+    """Write ``model`` (and the tokenizer found in ``tokenizer_dir``) to ``out`` atomically.
+
+    ``blocks``: a streamed model's block store: the tensors are declared from the skeleton first, then written
+    block by block as each is opened (one block and one converted tensor in memory)."""
     type_name = type_name.lower()
     if type_name not in GGUF_TYPES:
         raise PutriError(f"unknown GGUF type {type_name!r}: choose one of {', '.join(GGUF_TYPES)}")
@@ -47,11 +51,19 @@ def write_gguf(model: PutriForCausalLM, tokenizer_dir: Path, out: Path, type_nam
         writer = gguf.GGUFWriter(tmp, arch=arch.ARCH)
         write_hparams(writer, model, layout, type_name, name or out.stem)
         write_tokenizer(writer, tokenizer_dir, model.config.vocab_size)
-        sink = TensorSink(writer, type_name)
-        arch.write_tensors(sink, model, layout, type_name)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=progress)
+        if blocks is None:
+            sink = TensorSink(writer, type_name)
+            arch.write_tensors(sink, model, layout, type_name)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file(progress=progress)
+        else:
+            arch.write_tensors(TensorSink(writer, type_name, mode="plan"), model, layout, type_name)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            sink = TensorSink(writer, type_name, mode="stream")
+            arch.write_tensors(sink, model, layout, type_name, layers=blocks.in_turn(progress, "writing GGUF"))
         writer.close()
     return GGUFExportReport(str(out), type_name, out.stat().st_size, Widths.from_config(model.config).to_json(),
                             layout.workarounds, sink.fallback, arch.ARCH)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import gguf
+import numpy as np
 import torch
 
 from ...errors import PutriError
@@ -31,27 +32,58 @@ def tensor_name(kind: gguf.MODEL_TENSOR, layer: int | None = None, suffix: str =
 
 
 class TensorSink:
-    """Quantizes and adds tensors to the writer; 1-D tensors and rows that do not fit a block stay wide."""
+    """Quantizes and adds tensors to the writer; 1-D tensors and rows that do not fit a block stay wide.
 
-    def __init__(self, writer: gguf.GGUFWriter, type_name: str):
+    Modes (gguf-py's guarded write order): ``buffer`` adds each tensor (the writer holds them until
+    ``write_tensors_to_file``); ``plan`` only declares each tensor's name, type and size (its data may be on the meta
+    device); ``stream`` writes each tensor's data at once, in the planned order (one tensor in memory at a time).
+    """
+
+    def __init__(self, writer: gguf.GGUFWriter, type_name: str, mode: str = "buffer"):
         self.writer = writer
         self.type_name = type_name
         self.qtype = GGUF_TYPES[type_name][0]
+        self.mode = mode
         self.fallback: dict[str, str] = {}
 
-    def add(self, name: str, tensor: torch.Tensor, qtype: gguf.GGMLQuantizationType | None = None) -> None:
-        data = tensor.detach().to(torch.float32).contiguous().numpy()
+    def type_for(self, name: str, shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType | None = None
+                 ) -> gguf.GGMLQuantizationType:
         qtype = self.qtype if qtype is None else qtype
-        if data.ndim == 1:
-            qtype = gguf.GGMLQuantizationType.F32
-        elif qtype not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        if len(shape) == 1:
+            return gguf.GGMLQuantizationType.F32
+        if qtype not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
             block = gguf.GGML_QUANT_SIZES[qtype][0]
-            if data.shape[-1] % block:
+            if shape[-1] % block:
                 self.fallback[name] = "F16"
-                qtype = gguf.GGMLQuantizationType.F16
+                return gguf.GGMLQuantizationType.F16
+        return qtype
+
+    def add(self, name: str, tensor: torch.Tensor, qtype: gguf.GGMLQuantizationType | None = None) -> None:
+        qtype = self.type_for(name, tuple(tensor.shape), qtype)
+        if self.mode == "plan":
+            self.writer.add_tensor_info(name, *_packed(tuple(tensor.shape), qtype), raw_dtype=qtype)
+            return
+        data = tensor.detach().to(torch.float32).contiguous().numpy()
         packed = gguf.quants.quantize(data, qtype)
-        # Block types are passed as packed bytes; the writer derives the logical shape from them.
-        self.writer.add_tensor(name, packed, raw_dtype=qtype)
+        if self.mode == "stream":
+            planned = next((n for part in self.writer.tensors for n in part), None)
+            if planned != name:
+                raise PutriError(f"GGUF stream out of order: {name} written where {planned} was planned")
+            self.writer.write_tensor_data(packed)
+        else:
+            # Block types are passed as packed bytes; the writer derives the logical shape from them.
+            self.writer.add_tensor(name, packed, raw_dtype=qtype)
+
+
+def _packed(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, numpy dtype and byte count of ``gguf.quants.quantize``'s output for a ``shape`` tensor."""
+    if qtype == gguf.GGMLQuantizationType.F32:
+        dtype, packed = np.dtype(np.float32), shape
+    elif qtype == gguf.GGMLQuantizationType.F16:
+        dtype, packed = np.dtype(np.float16), shape
+    else:
+        dtype, packed = np.dtype(np.uint8), gguf.quants.quant_shape_to_byte_shape(shape, qtype)
+    return packed, dtype, int(np.prod(packed)) * dtype.itemsize
 
 
 @dataclass

@@ -18,8 +18,11 @@ A layer with neither attention nor FFN is an identity in deci and needs nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import gguf
 import torch
+from torch import nn
 
 from ...model import PutriForCausalLM
 from ..formats import LOW_BIT
@@ -52,7 +55,10 @@ def layout(model: PutriForCausalLM) -> Layout:
     return out
 
 
-def write_tensors(sink: TensorSink, model: PutriForCausalLM, layout: Layout, type_name: str) -> None:
+def write_tensors(sink: TensorSink, model: PutriForCausalLM, layout: Layout, type_name: str,
+                  layers: Iterable[nn.Module] | None = None) -> None:
+    """Every tensor, in file order; ``layers``: the blocks (default the model's; a streamed export opens them in
+    turn)."""
     heads, kv, ffn = layout.heads, layout.kv, layout.ffn
     T = gguf.MODEL_TENSOR
     c = model.config
@@ -65,7 +71,7 @@ def write_tensors(sink: TensorSink, model: PutriForCausalLM, layout: Layout, typ
     if (freqs := llama3_rope_freqs(model)) is not None:
         sink.add(tensor_name(T.ROPE_FREQS), freqs)
     d = c.hidden_size
-    for i, layer in enumerate(model.model.layers):
+    for i, layer in enumerate(model.model.layers if layers is None else layers):
         attn, mlp = layer.self_attn, layer.mlp
         if attn is not None:
             sink.add(tensor_name(T.ATTN_NORM, i), layer.input_layernorm.weight)

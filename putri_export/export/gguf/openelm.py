@@ -10,8 +10,11 @@ projections, or one quantization block of FFN neurons with an all-zero ``ffn_dow
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import gguf
 import torch
+from torch import nn
 
 from ...errors import PutriError
 from ...model import PutriForCausalLM
@@ -46,14 +49,17 @@ def layout(model: PutriForCausalLM) -> Layout:
     return out
 
 
-def write_tensors(sink: TensorSink, model: PutriForCausalLM, layout: Layout, type_name: str) -> None:
+def write_tensors(sink: TensorSink, model: PutriForCausalLM, layout: Layout, type_name: str,
+                  layers: Iterable[nn.Module] | None = None) -> None:
+    """Every tensor, in file order; ``layers``: the blocks (default the model's; a streamed export opens them in
+    turn)."""
     T = gguf.MODEL_TENSOR
     c = model.config
     d, hd = c.hidden_size, c.head_dim
     emb_type = gguf.GGMLQuantizationType.Q8_0 if type_name in LOW_BIT else None
     sink.add(tensor_name(T.TOKEN_EMBD), model.model.embed_tokens.weight, emb_type)
     sink.add(tensor_name(T.OUTPUT_NORM), model.model.norm.weight)
-    for i, layer in enumerate(model.model.layers):
+    for i, layer in enumerate(model.model.layers if layers is None else layers):
         attn, mlp = layer.self_attn, layer.mlp
         if attn is not None:
             sink.add(tensor_name(T.ATTN_NORM, i), layer.input_layernorm.weight)
