@@ -166,18 +166,19 @@ def default_state_dir(out: Path, kind: str = "resume") -> Path:
 
 
 def _load_for_pruning(args: argparse.Namespace):
-    """The model, its tokenizer, its folder and the calibration set, as prune and search take them."""
+    """The model (whole, on ``--device`` in ``--dtype``), its tokenizer, its folder and the calibration set, as
+    search takes them."""
     import torch
 
+    from ..compute import ComputeSettings
     from ..data import load_calibration
-    from ..model import load_model
-    from ..model.assets import resolve_model
+    from ..model.blocks import open_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    resolved = resolve_model(args.model)
-    model, tokenizer = load_model(args.model)
-    return model, tokenizer, resolved.path, load_calibration(tokenizer, args.calib, args.calib_samples, args.calib_len)
+    compute = ComputeSettings(**{**given_options(args, ComputeSettings), "streaming": "off"})
+    model, tokenizer, source, _ = open_model(args.model, compute)
+    return model, tokenizer, source, load_calibration(tokenizer, args.calib, args.calib_samples, args.calib_len)
 
 
 def _interrupted(out: Path, kept: Path, what: str) -> int:

@@ -289,11 +289,11 @@ def open_model(spec: str | Path, compute, work: Path | None = None
     from .assets import resolve_model
     from .load import load_model
 
-    return_freed_memory()
     resolved = resolve_model(spec)
     device, dtype = compute.torch_device(), compute.torch_dtype()
     streamable = resolved.gguf_file is None and (resolved.path / "config.json").is_file()
     if streamable and compute.use_streaming(checkpoint_bytes(resolved.path, dtype)):
+        return_freed_memory()  # blocks come and go: their memory must go back to the system
         model = load_skeleton(resolved.path, dtype, device)
         return model, load_tokenizer(resolved.path), resolved.path, BlockStore(model, resolved.path, device, dtype,
                                                                                work)

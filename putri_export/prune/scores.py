@@ -25,6 +25,8 @@ class ChannelStats:
 
     def add_batch(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).double()
+        if self.sum.device != x.device:  # kept where the layer runs (a GPU)
+            self.sum, self.sum_sq = self.sum.to(x.device), self.sum_sq.to(x.device)
         self.sum += x.sum(0)
         self.sum_sq += x.pow(2).sum(0)
         self.tokens += x.shape[0]
@@ -99,5 +101,5 @@ def global_selection(units: list[Unit], scores: torch.Tensor, target: int) -> li
 def compensation_bias(weight: torch.Tensor, mean: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     """The removed channels' mean contribution to the output: ``W[:, removed] @ E[x_removed]``."""
     if removed.numel() == 0:
-        return torch.zeros(weight.shape[0], dtype=weight.dtype)
-    return (weight.double()[:, removed] @ mean[removed]).to(weight.dtype)
+        return torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+    return (weight.double()[:, removed] @ mean.to(weight.device)[removed]).to(weight.dtype)

@@ -110,11 +110,15 @@ def run_pipeline(recipe: Recipe, out: Path, overwrite: bool = False, resume: boo
 def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
     import torch
 
+    from ..compute import ComputeSettings
     from ..data import load_calibration
-    from ..model import Widths, load_model, save_checkpoint
+    from ..model import Widths, save_checkpoint
+    from ..model.blocks import open_model, save_streamed_checkpoint
 
     _say(f"pruning {recipe.model} to block sparsity {recipe.sparsity}" + (" with search" if recipe.search else ""))
-    model, tokenizer = load_model(dense_dir)
+    # The search revisits every block (the model stays in memory); pruning streams when the model is large.
+    compute = ComputeSettings(device=recipe.device, dtype=recipe.dtype, streaming="off" if recipe.search else "auto")
+    model, tokenizer, _, blocks = open_model(dense_dir, compute, work=out.parent / "prune-blocks")
     dense_widths = Widths.from_config(model.config)
     calib = load_calibration(tokenizer, recipe.calib, recipe.calib_samples, recipe.calib_len)
     if out.exists():
@@ -129,10 +133,14 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
         from ..prune import PruneSettings, prune_model
 
         report = prune_model(model, calib, PruneSettings(sparsity=recipe.sparsity),
-                             state_dir=out.parent / "prune-state", resume=True)
+                             state_dir=out.parent / "prune-state", resume=True, blocks=blocks)
         files = {"pruning_report.json": json.dumps(report, indent=2) + "\n"}
     report["threads"] = torch.get_num_threads()
-    save_checkpoint(model, tokenizer, out, source_dir=dense_dir, extra_files=files)
+    if blocks is not None:
+        save_streamed_checkpoint(model, blocks, out, extra_files=files)
+        blocks.forget()
+    else:
+        save_checkpoint(model, tokenizer, out, source_dir=dense_dir, extra_files=files)
     keys = ("method", "params_blocks", "params_total", "dense_params_blocks", "dense_params_total",
             "sparsity_blocks", "sparsity_total", "widths", "peak_rss_mb", "threads")
     return {k: report.get(k) for k in keys} | {"seconds": report.get("prune_seconds", report.get("seconds")),

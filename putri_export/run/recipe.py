@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from ..compute import DTYPES
 from ..data import DEFAULT_CALIBRATION
 from ..errors import PutriError
 from ..export import FORMATS, GGUF_TYPES, QUANTIZATIONS
@@ -37,6 +38,9 @@ class Recipe:
     prompt_tokens: int = option(128, "benchmark prompt tokens")
     gen_tokens: int = option(32, "benchmark decoded tokens")
     threads: int | None = option(None, "threads for torch and the runtimes (default: all cores)")
+    device: str = option("auto", "where pruning runs: cpu, cuda, cuda:N or mps; auto: the best available")
+    dtype: str = option("float32", "weights and activations while pruning (statistics stay fp64/fp32)",
+                        choices=DTYPES)
 
     def check(self) -> None:
         check_sparsity(self.sparsity)
