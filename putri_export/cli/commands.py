@@ -64,6 +64,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    how: dict = {}
     if artifact_runtime(args.model) is not None:  # a GGUF or ONNX export: its own runtime, its own tokenizer
         corpus = load_corpus(args.data)
         result = evaluate_artifact(Path(args.model), corpus, args.seq_len, args.max_windows, args.threads)
@@ -77,7 +78,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
         else:
             result = perplexity(torch_logits_fn(model), ids, args.seq_len, args.max_windows, args.batch_size,
                                 corpus)
-    record = {"model": str(args.model), **result.to_dict()}
+        weight = model.model.embed_tokens.weight
+        how = {"device": str(weight.device), "dtype": str(weight.dtype).removeprefix("torch."),
+               "streamed": blocks is not None}
+    record = {"model": str(args.model), **result.to_dict(), **how}
     if args.json and args.json != "-":
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     if args.json == "-":

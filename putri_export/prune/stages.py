@@ -49,7 +49,7 @@ def ffn_pass(ctx: PruneContext, visit: FFNVisitor, desc: str, attention: Visitor
     model, store = ctx.model, ctx.store
     done = store.get("ffn_done", 0)
     log: list[dict] = store.get("ffn_log", [])
-    if ctx.runner.blocks is None:  # a streamed model reads finished blocks back from its block store
+    if ctx.runner.block_store is None:  # a streamed model reads finished blocks back from its block store
         for l in range(done):
             _restore_ffn(model, l, store.tensors(f"ffn{l}"))
     hidden = store.tensors("hidden")["hidden"] if done else ctx.runner.embed(ctx.calib.ids)
@@ -61,7 +61,7 @@ def ffn_pass(ctx: PruneContext, visit: FFNVisitor, desc: str, attention: Visitor
 
     def checkpoint(l: int, _x_in: torch.Tensor, x_out: torch.Tensor) -> None:
         # A streamed block was written back when it was closed: only the stream is kept here.
-        ffn = {} if ctx.runner.blocks is not None else {f"ffn{l}": _ffn_tensors(model, l)}
+        ffn = {} if ctx.runner.block_store is not None else {f"ffn{l}": _ffn_tensors(model, l)}
         store.save({"hidden": {"hidden": x_out}, **ffn}, ffn_done=l + 1, ffn_log=log)
 
     sequential(ctx.runner, hidden, attention=attention, ffn=on_ffn, after_block=checkpoint, start=done, desc=desc,
@@ -147,7 +147,7 @@ def attention_stage(ctx: PruneContext, rounds: int, per_round: int, unit: str
     """Greedy removal of KV-head groups (``unit='group'``) or whole attention layers (``'layer'``) by masking,
     scored by the calibration loss of :meth:`PruneContext.attention_slice`; resumable per round."""
     model, store = ctx.model, ctx.store
-    if ctx.runner.blocks is not None:
+    if ctx.runner.block_store is not None:
         raise PutriError("scoring attention by calibration loss revisits every later block for each candidate, so it "
                          "needs the whole model in memory: use --attn-scoring local with --streaming, or "
                          "--streaming off")

@@ -34,7 +34,7 @@ class BlockRunner:
     def __init__(self, model, batch_size: int = 8, blocks: BlockStore | None = None):
         # blocks: a streamed model's block store (sequential opens each block before it and closes it after);
         # None: the model is held whole.
-        self.model, self.batch_size, self.blocks = model, batch_size, blocks
+        self.model, self.batch_size, self.block_store = model, batch_size, blocks
         self._kwargs: dict[tuple, dict] = {}
 
     @property
@@ -61,12 +61,12 @@ class BlockRunner:
         return out
 
     def open(self, l: int) -> None:
-        if self.blocks is not None:
-            self.blocks.open(l)
+        if self.block_store is not None:
+            self.block_store.open(l)
 
     def close(self, l: int) -> None:
-        if self.blocks is not None:
-            self.blocks.close(l)
+        if self.block_store is not None:
+            self.block_store.close(l)
 
     @torch.no_grad()
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
