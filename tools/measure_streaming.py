@@ -19,24 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+from llamacpp_cpu_setting import cpu_model  # tools/ is on the path of a script run from it
+
+from putri_export.runtime.llamacpp import cpu_has_amx
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def has_amx() -> bool:
-    try:
-        return "amx_int8" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
 
 
 def run(name: str, args: list[str], log_dir: Path) -> dict:
@@ -102,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             r.update({k: data.get(k) for k in ("prune_seconds", "peak_device_memory_mb", "sparsity_blocks",
                                                 "device", "dtype", "streamed")})
     size = sum(f.stat().st_size for f in dense.glob("*.safetensors"))
-    machine = {"cpu": cpu_model(), "amx": has_amx(), "cores": os.cpu_count(), "python": platform.python_version(),
+    machine = {"cpu": cpu_model(), "amx": cpu_has_amx(), "cores": os.cpu_count(), "python": platform.python_version(),
                "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                         cwd=REPO).stdout.strip() or "unknown"}
     try:

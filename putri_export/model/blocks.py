@@ -26,7 +26,7 @@ from ..atomic import save_tensors_atomic, staged
 from ..errors import PutriError
 from ..finite import check_finite
 from .families import PutriForCausalLM, family_of
-from .load import config_from_source, load_tokenizer
+from .load import config_from_source, load_tokenizer, read_config
 
 LAYER_PREFIX = "model.layers."
 INDEX_FILE = "model.safetensors.index.json"
@@ -81,13 +81,7 @@ def layer_widths_of(tensors: dict[str, torch.Tensor], head_dim: int) -> tuple[in
 def load_skeleton(path: Path, dtype: torch.dtype, device: torch.device) -> PutriForCausalLM:
     """The per-layer-width model of the HF folder ``path`` with every block on the meta device and the embeddings,
     final norm and head materialized on ``device`` in ``dtype``; no block weight is read."""
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise PutriError(f"not a model folder: {path} has no config.json")
-    try:
-        source = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
-        raise PutriError(f"corrupt config: {config_file} is not valid JSON ({e})") from None
+    source = read_config(path)
     family = family_of(source.get("model_type"))
     family.check(source)
     config = family.config_class.from_dict({k: v for k, v in source.items() if k != "auto_map"}) \
@@ -224,7 +218,7 @@ def save_streamed_checkpoint(model: PutriForCausalLM, blocks: BlockStore, out: P
     the source's tokenizer files. One block is in memory at a time."""
     from transformers.dynamic_module_utils import custom_object_save
 
-    from .checkpoint import TOKENIZER_SIDECARS
+    from .checkpoint import write_beside_weights
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -254,15 +248,7 @@ def save_streamed_checkpoint(model: PutriForCausalLM, blocks: BlockStore, out: P
         config.save_pretrained(tmp)
         if model.can_generate() and model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
-        load_tokenizer(blocks.source).save_pretrained(tmp)
-        for name in TOKENIZER_SIDECARS:
-            if (blocks.source / name).is_file() and not (tmp / name).exists():
-                shutil.copy2(blocks.source / name, tmp / name)
-        for name, content in (extra_files or {}).items():
-            if isinstance(content, bytes):
-                (tmp / name).write_bytes(content)
-            else:
-                (tmp / name).write_text(content)
+        write_beside_weights(tmp, load_tokenizer(blocks.source), blocks.source, extra_files)
     return out
 
 

@@ -24,13 +24,19 @@ def save_checkpoint(model: PutriForCausalLM, tokenizer: PreTrainedTokenizerBase,
         raise PutriError(f"{out} exists; pass --overwrite to replace it")
     with staged(out, make_dir=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        for name in TOKENIZER_SIDECARS:
-            if source_dir is not None and (Path(source_dir) / name).is_file() and not (tmp / name).exists():
-                shutil.copy2(Path(source_dir) / name, tmp / name)
-        for name, content in (extra_files or {}).items():
-            if isinstance(content, bytes):
-                (tmp / name).write_bytes(content)
-            else:
-                (tmp / name).write_text(content)
+        write_beside_weights(tmp, tokenizer, source_dir, extra_files)
     return out
+
+
+def write_beside_weights(folder: Path, tokenizer: PreTrainedTokenizerBase, source_dir: Path | None,
+                         extra_files: dict[str, str | bytes] | None) -> None:
+    """The tokenizer, the source's SentencePiece model and the report files of a checkpoint being written."""
+    tokenizer.save_pretrained(folder)
+    for name in TOKENIZER_SIDECARS:
+        if source_dir is not None and (Path(source_dir) / name).is_file() and not (folder / name).exists():
+            shutil.copy2(Path(source_dir) / name, folder / name)
+    for name, content in (extra_files or {}).items():
+        if isinstance(content, bytes):
+            (folder / name).write_bytes(content)
+        else:
+            (folder / name).write_text(content)

@@ -59,15 +59,20 @@ def load_model(
     return load_hf_dir(resolved.path, dtype)
 
 
-def load_hf_dir(path: Path, dtype: torch.dtype = torch.float32
-                ) -> tuple[PutriForCausalLM, PreTrainedTokenizerBase]:
+def read_config(path: Path) -> dict:
+    """The config.json of the HF folder ``path``, or one clear error."""
     config_file = path / "config.json"
     if not config_file.is_file():
         raise PutriError(f"not a model folder: {path} has no config.json")
     try:
-        source_config = json.loads(config_file.read_text())
+        return json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
         raise PutriError(f"corrupt config: {config_file} is not valid JSON ({e})") from None
+
+
+def load_hf_dir(path: Path, dtype: torch.dtype = torch.float32
+                ) -> tuple[PutriForCausalLM, PreTrainedTokenizerBase]:
+    source_config = read_config(path)
     model_type = source_config.get("model_type")
     family = family_of(model_type)
     family.check(source_config)  # before reading any weights
