@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -133,7 +132,8 @@ class BlockStore:
         """Block ``l``'s tensors on the CPU as stored (names relative to the block): the work copy, else the source."""
         work = self._work_file(l)
         if work is not None and work.is_file():
-            return read_tensors(dict.fromkeys(_keys(work), work), _keys(work))
+            names = _keys(work)
+            return read_tensors(dict.fromkeys(names, work), names)
         prefix = f"{LAYER_PREFIX}{l}."
         names = [name for name in self.files if name.startswith(prefix)]
         return {name[len(prefix):]: t for name, t in read_tensors(self.files, names).items()}
@@ -174,11 +174,6 @@ class BlockStore:
             yield self.open(l)
             self.close(l)
 
-    def load_all(self) -> None:
-        """Materialize every block (for work that revisits blocks at random: the loss-based attention search)."""
-        for l in range(len(self.model.model.layers)):
-            self.open(l)
-
     def fingerprint(self) -> dict:
         """What identifies the source weights cheaply without reading the blocks: the config, the files' names
         and sizes, and the sum of the materialized (non-block) weights."""
@@ -196,19 +191,6 @@ class BlockStore:
 def _keys(file: Path) -> list[str]:
     with safe_open(file, framework="pt") as f:
         return list(f.keys())
-
-
-@contextmanager
-def opened(blocks: BlockStore | None, l: int) -> Iterator[None]:
-    """Block ``l`` materialized for the duration (a no-op for a model held whole in memory)."""
-    if blocks is None:
-        yield
-        return
-    blocks.open(l)
-    try:
-        yield
-    finally:
-        blocks.close(l)
 
 
 def save_streamed_checkpoint(model: PutriForCausalLM, blocks: BlockStore, out: Path, overwrite: bool = False,

@@ -1,32 +1,27 @@
 #!/usr/bin/env bash
-# SmolLM2-135M pruned at 0.5 (and 0.3) by Putri: fp32 in memory (the paper's loss-scored attention: today's default
-# on a small CPU model), fp32 and bf16 streamed with local attention scoring; every model on the full WikiText-2 raw
-# test and the whole TinyStories validation head (512-token windows). Wall time and peak RSS from /usr/bin/time -v.
+# SmolLM2-135M pruned by Putri at 0.5: fp32 in memory with the paper's loss-scored attention (the default on a CPU
+# for this size), fp32 in memory with local scoring, bf16 streamed with local scoring — each evaluated on the whole
+# WikiText-2 raw test and the whole TinyStories validation head (512-token windows); local scoring at 0.3 on the
+# 16-window protocol of results/pruning. Wall time and peak RSS of each prune from /usr/bin/time -v.
 # Usage: bash results/streaming/smollm2.sh OUT_DIR   (2 threads; run alone on the machine)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-/tmp/smollm2-streaming}
 mkdir -p "$OUT"
 P=.venv/bin/putri-export
-run() {  # name, prune flags...
+prune() {  # name, prune flags...
   local name=$1; shift
-  if [ ! -f "$OUT/$name/pruning_report.json" ]; then
-    /usr/bin/time -v $P prune smollm2-135m "$@" --out "$OUT/$name" --overwrite --threads 2 \
-      > "$OUT/$name.prune.log" 2>&1
-  fi
-  for data in wikitext2 tinystories; do
-    [ -f "$OUT/$name.$data.json" ] || $P eval "$OUT/$name" --data $data --seq-len 512 --threads 2 \
-      --json "$OUT/$name.$data.json" > /dev/null 2>&1
-  done
+  /usr/bin/time -v $P prune smollm2-135m "$@" --out "$OUT/$name" --overwrite --threads 2 > "$OUT/$name.prune.log" 2>&1
   grep -E "Elapsed|Maximum resident" "$OUT/$name.prune.log" | sed "s/^/$name: /"
 }
-run fp32-loss-0.5   --sparsity 0.5 --streaming off --attn-scoring loss
-run fp32-local-0.5  --sparsity 0.5 --streaming off --attn-scoring local
-run bf16-local-0.5  --sparsity 0.5 --streaming on --dtype bfloat16
-run fp32-stream-0.5 --sparsity 0.5 --streaming on
-run fp32-loss-0.3   --sparsity 0.3 --streaming off --attn-scoring loss
-run fp32-local-0.3  --sparsity 0.3 --streaming off --attn-scoring local
-for data in wikitext2 tinystories; do
-  [ -f "$OUT/dense.$data.json" ] || $P eval smollm2-135m --data $data --seq-len 512 --threads 2 \
-    --json "$OUT/dense.$data.json" > /dev/null 2>&1
-done
+evaluate() {  # name, [--max-windows N]
+  local name=$1; shift
+  for data in wikitext2 tinystories; do
+    $P eval "$OUT/$name" --data $data --seq-len 512 --threads 2 "$@" --json "$OUT/$name.$data${1:+.w$2}.json" > /dev/null
+  done
+}
+prune fp32-loss-0.5  --sparsity 0.5 --streaming off --attn-scoring loss;  evaluate fp32-loss-0.5
+prune fp32-local-0.5 --sparsity 0.5 --streaming off --attn-scoring local; evaluate fp32-local-0.5
+prune bf16-local-0.5 --sparsity 0.5 --streaming on --dtype bfloat16;      evaluate bf16-local-0.5
+prune fp32-local-0.3 --sparsity 0.3 --streaming off --attn-scoring local; evaluate fp32-local-0.3 --max-windows 16
+evaluate fp32-loss-0.5 --max-windows 16  # against results/pruning/table.md's Putri 0.5 cell
