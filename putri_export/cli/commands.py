@@ -57,10 +57,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     from ..compute import ComputeSettings
     from ..data import load_corpus, tokenize_corpus
-    from ..eval import artifact_runtime, evaluate_artifact, perplexity, torch_logits_fn
-    from ..eval.perplexity import streamed_perplexity
+    from ..eval import artifact_runtime, evaluate_artifact
+    from ..eval.perplexity import model_perplexity
     from ..model.blocks import open_model
-    from ..prune.stream import BlockRunner
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,12 +71,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         model, tokenizer, _, blocks = open_model(args.model, ComputeSettings(**given_options(args, ComputeSettings)))
         corpus = load_corpus(args.data)
         ids = tokenize_corpus(tokenizer, corpus)
-        if blocks is not None:
-            runner = BlockRunner(model, args.batch_size, blocks)
-            result = streamed_perplexity(runner, ids, args.seq_len, args.max_windows, corpus)
-        else:
-            result = perplexity(torch_logits_fn(model), ids, args.seq_len, args.max_windows, args.batch_size,
-                                corpus)
+        result = model_perplexity(model, ids, args.seq_len, args.max_windows, args.batch_size, corpus,
+                                  blocks=blocks)
         weight = model.model.embed_tokens.weight
         how = {"device": str(weight.device), "dtype": str(weight.dtype).removeprefix("torch."),
                "streamed": blocks is not None}

@@ -97,6 +97,18 @@ def streamed_perplexity(runner, ids: torch.Tensor, seq_len: int, max_windows: in
     )
 
 
+def model_perplexity(model: torch.nn.Module, ids: torch.Tensor, seq_len: int, max_windows: int | None = None,
+                     batch_size: int = 1, corpus: Corpus | None = None, progress: bool = True,
+                     blocks=None) -> PerplexityResult:
+    """Perplexity of a PyTorch model: held whole (``blocks`` None) or streamed through its block store."""
+    if blocks is None:
+        return perplexity(torch_logits_fn(model), ids, seq_len, max_windows, batch_size, corpus, progress)
+    from ..prune.stream import BlockRunner
+
+    return streamed_perplexity(BlockRunner(model, batch_size, blocks), ids, seq_len, max_windows, corpus,
+                               progress=progress)
+
+
 def torch_logits_fn(model: torch.nn.Module) -> LogitsFn:
     device = next(model.parameters()).device
 

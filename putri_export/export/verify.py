@@ -100,16 +100,10 @@ class Reference:
         return seq[len(prompt):]
 
     def perplexity(self, ids: torch.Tensor, check: ParityCheck, corpus, progress: bool):
-        from ..eval import perplexity, torch_logits_fn
+        from ..eval.perplexity import model_perplexity
 
-        if self.blocks is None:
-            return perplexity(torch_logits_fn(self.model), ids, check.seq_len, check.max_windows, corpus=corpus,
-                              progress=progress)
-        from ..eval.perplexity import streamed_perplexity
-        from ..prune.stream import BlockRunner
-
-        return streamed_perplexity(BlockRunner(self.model, 1, self.blocks), ids, check.seq_len, check.max_windows,
-                                   corpus, progress=progress)
+        return model_perplexity(self.model, ids, check.seq_len, check.max_windows, corpus=corpus, progress=progress,
+                                blocks=self.blocks)
 
     def tokenizer_for(self, runtime_kind: str):
         """The tokenization a runtime must reproduce. llama.cpp: SentencePiece itself when the model ships
@@ -217,8 +211,8 @@ def verify_artifact(artifact: Path, against: str | Path, check: ParityCheck | No
     """A GGUF file (llama.cpp) or an exported ONNX folder (ONNX Runtime) against the HF model it came from.
 
     The runtime runs in a child process (a crash there is a ``RuntimeCrashed`` error here); the artifact is
-    checked before the PyTorch model is loaded. ``loaded``: the (model, tokenizer) of ``against`` when the
-    caller already holds them, or (model, tokenizer, block store) of a streamed one. Otherwise ``against`` is
+    checked before the PyTorch model is loaded. ``loaded``: (model, tokenizer, block store or None) of
+    ``against`` when the caller already holds them. Otherwise ``against`` is
     opened in fp32 on the CPU per ``streaming`` (auto: streamed when it would take over 40% of free memory)."""
     from ..compute import ComputeSettings
     from ..model.blocks import open_model
@@ -239,6 +233,6 @@ def verify_artifact(artifact: Path, against: str | Path, check: ParityCheck | No
         if loaded is None:
             model, tokenizer, _, blocks = open_model(against, ComputeSettings(device="cpu", streaming=streaming))
         else:
-            model, tokenizer, blocks = (*loaded, None)[:3]
+            model, tokenizer, blocks = loaded
         return compare(runtime, kind, Reference(model, tokenizer, Path(against), blocks), str(artifact), type_name,
                        check, progress=progress)
