@@ -1,4 +1,4 @@
-"""Where a job computes and in what precision: ``--device``, ``--dtype``, ``--streaming`` (prune and eval).
+"""Where a job computes and in what precision: ``--device``, ``--dtype``, ``--streaming`` (prune, search, eval).
 
 CPU and GPU run the same code; only the tensors' device and dtype differ. Weights and activations take
 ``--dtype``; statistics (Gram matrices, Cholesky factors, least-squares solves) stay in fp64 on the same device.

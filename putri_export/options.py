@@ -42,7 +42,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, only: list[str] | No
         default = f.default if f.default is not MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
-        help_text = f"{f.metadata['help']} (default: {_shown(default)})"
+        # argparse %-formats help strings: a literal % (e.g. "40%") must be doubled
+        help_text = f"{f.metadata['help']} (default: {_shown(default)})".replace("%", "%%")
         if kind is bool:
             if default:
                 parser.add_argument("--no-" + flag[2:], dest=f.name, action="store_false", default=None, help=help_text)

@@ -42,3 +42,15 @@ def test_every_setting_has_a_flag_and_help():
         fields = set(cls.__dataclass_fields__) - {"search_options"}  # a mapping: recipe files only
         assert fields <= flags | {"search_options"}, fields - flags
         assert all(a.help and "(default:" in a.help for a in parser._actions if a.dest in fields)
+
+
+def test_every_subcommand_prints_its_help():
+    """argparse %-formats help text: a literal % in a setting's help (e.g. "40%") broke --help of every command
+    that took it."""
+    from putri_export.cli.parser import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"prune", "search", "eval", "export", "verify"} <= set(commands)
+    for name, sub in commands.items():
+        assert "usage:" in sub.format_help(), name

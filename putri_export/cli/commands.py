@@ -110,10 +110,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     resolved = resolve_model(args.model)
     if resolved.gguf_file is not None:
         raise PutriError("give an HF model folder (or smollm2-135m) to export, not a .gguf file")
-    streaming = args.streaming or "auto"
-    if args.format != "gguf" and streaming == "auto":
-        streaming = "off"  # the ONNX exporter traces the whole model
-    model, tokenizer, _, blocks = open_model(resolved.path, ComputeSettings(device="cpu", streaming=streaming))
+    model, tokenizer, _, blocks = open_model(resolved.path, ComputeSettings(device="cpu",
+                                                                            streaming=args.streaming or "auto"))
     check = ParityCheck(data=args.check_data, seq_len=args.seq_len, max_windows=args.check_windows)
     result = export_verified(model, tokenizer, resolved.path, out, args.format, args.variant,
                              verify=not args.no_verify, check=check, threads=args.threads, blocks=blocks)
@@ -162,22 +160,6 @@ def default_state_dir(out: Path, kind: str = "resume") -> Path:
     from ..model.assets import cache_dir
 
     return cache_dir() / kind / hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]
-
-
-def _load_for_pruning(args: argparse.Namespace):
-    """The model (whole, on ``--device`` in ``--dtype``), its tokenizer, its folder and the calibration set, as
-    search takes them."""
-    import torch
-
-    from ..compute import ComputeSettings
-    from ..data import load_calibration
-    from ..model.blocks import open_model
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    compute = ComputeSettings(**{**given_options(args, ComputeSettings), "streaming": "off"})
-    model, tokenizer, source, _ = open_model(args.model, compute)
-    return model, tokenizer, source, load_calibration(tokenizer, args.calib, args.calib_samples, args.calib_len)
 
 
 def _interrupted(out: Path, kept: Path, what: str) -> int:
@@ -231,7 +213,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     import torch
 
+    from ..compute import ComputeSettings
+    from ..data import load_calibration
     from ..model import save_checkpoint
+    from ..model.blocks import open_model, save_streamed_checkpoint
     from ..search import SearchSettings, search_and_prune
 
     out = Path(args.out)
@@ -244,19 +229,29 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.widths is not None and not Path(args.widths).is_file():
         raise PutriError(f"widths file not found: {args.widths}")
     torch.manual_seed(settings.seed)
-    model, tokenizer, source, calib = _load_for_pruning(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     work_dir = Path(args.work_dir) if args.work_dir else default_state_dir(out, "search")
+    compute = ComputeSettings(**given_options(args, ComputeSettings))
+    # The pruned blocks of a streamed model live beside the search's state: the state is removed when the
+    # search ends, the blocks only once the checkpoint is written.
+    model, tokenizer, source, blocks = open_model(args.model, compute, work=work_dir.with_name(work_dir.name +
+                                                                                              ".blocks"))
+    calib = load_calibration(tokenizer, args.calib, args.calib_samples, args.calib_len)
     try:
         report, plots = search_and_prune(model, calib, settings, work_dir, resume=args.resume,
-                                         widths_file=Path(args.widths) if args.widths else None)
+                                         widths_file=Path(args.widths) if args.widths else None, blocks=blocks)
     except KeyboardInterrupt:
         return _interrupted(out, work_dir, "Finished iterations are")
     report["source_model"] = str(args.model)
     report["threads"] = torch.get_num_threads()
     widths = json.dumps({"widths": report["widths"]}, indent=2) + "\n"
-    save_checkpoint(model, tokenizer, out, source_dir=source, overwrite=args.overwrite,
-                    extra_files={"search_report.json": json.dumps(report, indent=2) + "\n", "widths.json": widths,
-                                 **plots})
+    extra = {"search_report.json": json.dumps(report, indent=2) + "\n", "widths.json": widths, **plots}
+    if blocks is not None:
+        save_streamed_checkpoint(model, blocks, out, overwrite=args.overwrite, extra_files=extra)
+        blocks.forget()
+    else:
+        save_checkpoint(model, tokenizer, out, source_dir=source, overwrite=args.overwrite, extra_files=extra)
     print(f"{out}: {report['method']}: blocks {report['params_blocks']:,} / {report['dense_params_blocks']:,} "
           f"(achieved {report['sparsity_blocks']:.4f}), total {report['params_total']:,}; "
           f"{report['seconds']:.1f} s, peak RSS {report['peak_rss_mb']:.0f} MB")

@@ -79,7 +79,7 @@ def _add_search(sub) -> None:
     p = sub.add_parser("search", help="Týr-style search of per-layer widths, then Putri pruning to them")
     _add_pruning_io(p, calib_samples=16, resume_help="continue from the last finished iteration")
     add_options(p, SearchSettings)
-    add_options(p, ComputeSettings, only=["device", "dtype"])
+    add_options(p, ComputeSettings)
     p.add_argument("--widths", help="prune to this per-layer distribution (JSON) instead of searching")
     p.add_argument("--work-dir", help="supernet variants and search state (default: under the cache)")
     p.set_defaults(func=cmd_search)

@@ -10,8 +10,10 @@ value) pair per attention layer, rebuilds transformers' ``DynamicCache`` and run
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,6 +23,7 @@ from transformers import DynamicCache
 from ..atomic import staged
 from ..errors import PutriError
 from ..model import PutriForCausalLM
+from ..model.blocks import LAYER_PREFIX, BlockStore
 from ..runtime.ort import LAYOUT_FILE
 from .formats import QUANTIZATIONS
 
@@ -99,8 +102,11 @@ def layout(model: PutriForCausalLM, quantization: str) -> dict:
 
 
 def write_onnx(model: PutriForCausalLM, tokenizer_dir: Path, out: Path, quantization: str = "none",
-               opset: int = 23, overwrite: bool = False) -> dict:
-    """Export to the folder ``out`` (temp folder + rename: nothing partial is left behind)."""
+               opset: int = 23, overwrite: bool = False, blocks: BlockStore | None = None) -> dict:
+    """Export to the folder ``out`` (temp folder + rename: nothing partial is left behind).
+
+    ``blocks``: a streamed model's block store; its weights are read one tensor at a time while the file is
+    written (the int8/int4 quantizers then load the fp32 graph whole)."""
     if quantization not in QUANTIZATIONS:
         raise PutriError(f"unknown --quantize {quantization!r}: choose one of {', '.join(QUANTIZATIONS)}")
     out = Path(out)
@@ -108,7 +114,8 @@ def write_onnx(model: PutriForCausalLM, tokenizer_dir: Path, out: Path, quantiza
         raise PutriError(f"{out} exists; pass --overwrite to replace it")
     spec = layout(model, quantization)
     with staged(out, make_dir=True) as tmp:
-        _export_graph(model, tmp / ("fp32.onnx" if quantization != "none" else MODEL_FILE), spec, opset)
+        _export_graph(model, tmp / ("fp32.onnx" if quantization != "none" else MODEL_FILE), spec, opset,
+                      _weight_reader(model, blocks))
         if quantization in ("int8", "int4"):
             _quantize_weights(tmp / "fp32.onnx", tmp / MODEL_FILE, bits=int(quantization[3:]))
         if quantization != "none":
@@ -155,17 +162,53 @@ def _quantize_weights(src: Path, dst: Path, bits: int) -> None:
         f.chmod(0o644)  # the quantizer writes its data file owner-only
 
 
-def _export_graph(model: PutriForCausalLM, path: Path, spec: dict, opset: int) -> None:
+def _weight_reader(model: PutriForCausalLM, blocks: BlockStore | None) -> Callable[[str], torch.Tensor]:
+    """The parameter or buffer ``name`` of ``model`` (a streamed model's block tensors: read from its store)."""
+    def read(name: str) -> torch.Tensor:
+        if blocks is not None and name.startswith(LAYER_PREFIX):
+            layer, _, rest = name[len(LAYER_PREFIX):].partition(".")
+            return blocks.tensor(int(layer), rest)
+        try:
+            return model.get_parameter(name)
+        except AttributeError:
+            return model.get_buffer(name)
+    return read
+
+
+def _lazy_initializer(read: Callable[[str], torch.Tensor], name: str, value):
+    """An initializer whose data is read when the file is written, and dropped after."""
+    import onnx_ir as ir
+
+    def load():
+        dtype = getattr(torch, value.dtype.numpy().name)
+        return ir.tensor(read(name).detach().to("cpu", dtype).contiguous().numpy(), name=value.name)
+    return ir.LazyTensor(load, dtype=value.dtype, shape=value.shape, name=value.name)
+
+
+def _export_graph(model: PutriForCausalLM, path: Path, spec: dict, opset: int,
+                  read: Callable[[str], torch.Tensor]) -> None:
+    """Trace a fake-tensor copy of ``model`` (shapes only: no weight is touched, a streamed model's blocks may
+    be absent), attach every initializer as a lazy read of ``read(name)``, then optimize and save as torch's
+    exporter does: the weights are written one at a time to the external data file."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake = type(model)(copy.deepcopy(model.config)).eval()
     layers = spec["cache_layers"]
     batch, seq, total, past = (torch.export.Dim(n) for n in ("batch", "seq", "total", "past"))
     dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: total},
                "position_ids": {0: batch, 1: seq}, "past": tuple(({0: batch, 2: past}, {0: batch, 2: past})
                                                                  for _ in layers)}
-    decoder, inputs = _CachedDecoder(model).eval(), _example_inputs(model)
+    decoder, inputs = _CachedDecoder(fake).eval(), _example_inputs(model)
     if not layers:  # no attention anywhere: torch.export cannot match an empty tuple input, so leave it out
-        decoder, inputs = _DecoderWithoutCache(model).eval(), inputs[:3]
+        decoder, inputs = _DecoderWithoutCache(fake).eval(), inputs[:3]
         del dynamic["past"]
     with torch.no_grad():
-        torch.onnx.export(decoder, inputs, str(path), dynamo=True,
-                          dynamic_shapes=dynamic, input_names=spec["inputs"], output_names=spec["outputs"],
-                          opset_version=opset, verbose=False)
+        program = torch.onnx.export(decoder, inputs, dynamo=True, optimize=False, dynamic_shapes=dynamic,
+                                    input_names=spec["inputs"], output_names=spec["outputs"], opset_version=opset,
+                                    verbose=False)
+    for value in program.model.graph.initializers.values():
+        # names are the wrapper's: "model." + the HF name
+        value.const_value = _lazy_initializer(read, value.name.removeprefix("model."), value)
+    program.optimize()
+    program.save(str(path), external_data=True)

@@ -35,7 +35,7 @@ def export_verified(model, tokenizer, source: Path, out: Path, fmt: str, variant
     ``out``, verify it against ``model`` in its own runtime, and rename it to ``out`` only if it passed.
 
     ``source``: the HF folder ``model`` came from (tokenizer files). ``blocks``: the block store of a streamed
-    ``model`` (GGUF only: written and verified one block at a time). A failed parity check returns
+    ``model`` (written one block or tensor at a time and verified against a streamed reference). A failed parity check returns
     ``written=False``; an export error raises. Either way nothing is left at ``out`` or beside it.
     """
     import torch
@@ -45,9 +45,6 @@ def export_verified(model, tokenizer, source: Path, out: Path, fmt: str, variant
 
     if fmt not in FORMATS:
         raise PutriError(f"unknown format {fmt!r}: choose from {', '.join(FORMATS)}")
-    if blocks is not None and fmt != "gguf":
-        raise PutriError("the ONNX exporter traces the whole model at once, so it cannot stream: export ONNX with "
-                         "--streaming off (the model in memory)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_path(out, "unverified")
@@ -64,7 +61,7 @@ def export_verified(model, tokenizer, source: Path, out: Path, fmt: str, variant
         else:
             from .onnx import write_onnx
 
-            write_onnx(model, source, tmp, variant, overwrite=True)
+            write_onnx(model, source, tmp, variant, overwrite=True, blocks=blocks)
         result.export_seconds = time.perf_counter() - t0
         if verify:
             result.parity = verify_artifact(tmp, source, check, threads, progress=progress,

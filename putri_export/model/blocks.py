@@ -138,6 +138,14 @@ class BlockStore:
         names = [name for name in self.files if name.startswith(prefix)]
         return {name[len(prefix):]: t for name, t in read_tensors(self.files, names).items()}
 
+    def tensor(self, l: int, name: str) -> torch.Tensor:
+        """One tensor of block ``l`` (name relative to the block) on the CPU as stored, read alone."""
+        work = self._work_file(l)
+        if work is not None and work.is_file():
+            return read_tensors({name: work}, [name])[name]
+        full = f"{LAYER_PREFIX}{l}.{name}"
+        return read_tensors(self.files, [full])[full]
+
     def open(self, l: int) -> nn.Module:
         tensors = self.tensors(l)
         config = self.model.config
@@ -158,10 +166,11 @@ class BlockStore:
             set_module_tensor_to_device(layers[l], name, self.device, value=tensor, dtype=self.dtype)
         return layers[l].eval()
 
-    def close(self, l: int) -> None:
-        """Write the block to the work folder (when there is one) and send its weights back to the meta device."""
+    def close(self, l: int, save: bool = True) -> None:
+        """Write the block to the work folder (when there is one and ``save``) and send its weights back to the
+        meta device."""
         layer = self.model.model.layers[l]
-        if self.work is not None:
+        if self.work is not None and save:
             save_tensors_atomic(self._work_file(l),
                                 {name: t.detach().to("cpu").contiguous() for name, t in layer.state_dict().items()})
         layer.to("meta")

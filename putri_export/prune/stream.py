@@ -31,10 +31,12 @@ def batches(n: int, batch_size: int) -> Iterator[slice]:
 class BlockRunner:
     """A model's embedding, sub-layers and head applied to [N, T, d] hidden states, ``batch_size`` samples at a time."""
 
-    def __init__(self, model, batch_size: int = 8, blocks: BlockStore | None = None):
+    def __init__(self, model, batch_size: int = 8, blocks: BlockStore | None = None, save_blocks: bool = True):
         # blocks: a streamed model's block store (sequential opens each block before it and closes it after);
-        # None: the model is held whole.
+        # None: the model is held whole. save_blocks False: the blocks are only read (a closed block is dropped,
+        # not written back), as the search's supernet and fitness do.
         self.model, self.batch_size, self.block_store = model, batch_size, blocks
+        self.save_blocks = save_blocks
         self._kwargs: dict[tuple, dict] = {}
 
     @property
@@ -66,7 +68,7 @@ class BlockRunner:
 
     def close(self, l: int) -> None:
         if self.block_store is not None:
-            self.block_store.close(l)
+            self.block_store.close(l, save=self.save_blocks)
 
     @torch.no_grad()
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -100,8 +102,16 @@ class BlockRunner:
         for l in range(start, len(self.layers)):
             if entering is not None:
                 entering[l] = x
+            self.open(l)
             x = self.block(self.layers[l], x)
+            self.close(l)
         return x
+
+    def head_batches(self, hidden: torch.Tensor, budget_bytes: int = 128 << 20) -> Iterator[slice]:
+        """Sample slices of ``hidden`` whose fp32 logits take at most ``budget_bytes`` (one sample at least, at most
+        ``batch_size``): a 49k vocabulary makes 100 MB of logits per 512-token sample, more than a block."""
+        per_sample = hidden.shape[1] * self.model.lm_head.out_features * 4
+        return batches(hidden.shape[0], max(1, min(self.batch_size, budget_bytes // per_sample)))
 
     @torch.no_grad()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

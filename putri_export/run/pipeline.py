@@ -116,8 +116,8 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
     from ..model.blocks import open_model, save_streamed_checkpoint
 
     _say(f"pruning {recipe.model} to block sparsity {recipe.sparsity}" + (" with search" if recipe.search else ""))
-    # The search revisits every block (the model stays in memory); pruning streams when the model is large.
-    compute = ComputeSettings(device=recipe.device, dtype=recipe.dtype, streaming="off" if recipe.search else "auto")
+    # Pruning and the search stream when the model is large.
+    compute = ComputeSettings(device=recipe.device, dtype=recipe.dtype, streaming="auto")
     model, tokenizer, _, blocks = open_model(dense_dir, compute, work=out.parent / "prune-blocks")
     dense_widths = Widths.from_config(model.config)
     calib = load_calibration(tokenizer, recipe.calib, recipe.calib_samples, recipe.calib_len)
@@ -127,7 +127,8 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
         from ..search import SearchSettings, search_and_prune
 
         settings = SearchSettings(sparsity=recipe.sparsity, **recipe.search_options)
-        report, plots = search_and_prune(model, calib, settings, out.parent / "search-work", resume=True)
+        report, plots = search_and_prune(model, calib, settings, out.parent / "search-work", resume=True,
+                                         blocks=blocks)
         files = {"search_report.json": json.dumps(report, indent=2) + "\n", **plots}
     else:
         from ..prune import PruneSettings, prune_model

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..data import Calibration
 from ..model import PutriForCausalLM, Widths, param_counts
+from ..model.blocks import BlockStore
 from ..resume import ResumeStore, fingerprint, model_fingerprint
 from .fitness import FitnessEvaluator
 from .settings import SearchSettings
@@ -77,8 +78,9 @@ class SearchResult:
 
 
 def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings, work_dir: Path,
-           resume: bool = False, progress: bool = True) -> SearchResult:
-    """Coarse-to-fine evolutionary search of per-layer widths (the model is not modified)."""
+           resume: bool = False, progress: bool = True, blocks: BlockStore | None = None) -> SearchResult:
+    """Coarse-to-fine evolutionary search of per-layer widths (the model is not modified; a streamed model's
+    blocks are read in turn from ``blocks``)."""
     settings.check(calib.ids.shape[0])
     start = time.perf_counter()
     work_dir = Path(work_dir)
@@ -87,12 +89,15 @@ def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings
     counts = param_counts(model)
     target_kept = counts.blocks - round(settings.sparsity * counts.blocks)
     uniform = initial_config(model, subs, settings.sparsity, settings.alpha)
-    store = ResumeStore(work_dir, fingerprint(asdict(settings), calib.provenance(), model_fingerprint(model)),
-                        resume, what="search")
+    weights = model_fingerprint(model) if blocks is None else blocks.fingerprint()
+    store = ResumeStore(work_dir, fingerprint(asdict(settings), calib.provenance(), weights), resume, what="search")
     iterations: list[dict] = store.get("iterations", [])
 
     fitness_ids = calib.ids[: max(settings.stage_samples)]
-    fitness = FitnessEvaluator(model, fitness_ids, settings.top_k, settings.batch_size)
+    fitness = FitnessEvaluator(model, fitness_ids, settings.top_k, settings.batch_size, blocks)
+    # Rebuilt variants are cached up to 1/8 of the dense blocks' bytes: a candidate touches every sub-layer after
+    # its first change, and rebuilding one is a file read and a row gather.
+    cache_bytes = counts.blocks * model.model.embed_tokens.weight.element_size() // 8
     last = max(settings.stage_samples)
     config = tuple(iterations[-1]["best"]) if iterations else uniform
     side = settings.levels // 2
@@ -107,10 +112,10 @@ def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings
         bank_dir = work_dir / f"supernet{it}"
         if bank_dir.exists():
             shutil.rmtree(bank_dir)
-        bank = VariantBank(model, bank_dir)
+        bank = VariantBank(model, bank_dir, cache_bytes)
         build_supernet(model, calib.ids, {(s.kind, s.layer): lv for s, lv in zip(subs, levels)},
                        {(s.kind, s.layer): u for s, u in zip(subs, config)}, bank, settings.propagation,
-                       settings.damping, settings.batch_size, progress)
+                       settings.damping, settings.batch_size, progress, blocks)
         disk = bank.disk_bytes()
         peak_disk = max(peak_disk, disk)
         t1 = time.perf_counter()
@@ -128,7 +133,7 @@ def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings
         if it + 1 < settings.iterations:
             shutil.rmtree(bank_dir)  # the next iteration builds its own supernet around the new centre
 
-    bank = VariantBank(model, work_dir / f"supernet{settings.iterations - 1}")
+    bank = VariantBank(model, work_dir / f"supernet{settings.iterations - 1}", cache_bytes)
     final = repair_budget(subs, config, target_kept)
     report = {
         "settings": asdict(settings), "target_kept_block_params": target_kept,

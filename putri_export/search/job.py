@@ -8,9 +8,14 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
+from ..atomic import save_tensors_atomic
 from ..data import Calibration
+from ..errors import PutriError
 from ..model import PutriForCausalLM, Widths, achieved, param_counts
+from ..model.blocks import BlockStore
+from ..prune.stream import BlockRunner
 from .evolve import SearchResult, search
 from .plots import plot_fitness, plot_widths
 from .settings import SearchSettings
@@ -18,30 +23,51 @@ from .space import SubLayer, sublayers
 from .supernet import prune_to_widths
 
 
-def _assemble(result: SearchResult, subs: list[SubLayer]) -> list[dict] | None:
-    """Per-layer weights of the searched configuration taken from the supernet's variants (None if
-    the budget repair moved a width off the supernet's levels, or the supernet is gone)."""
+def _assemble(result: SearchResult, subs: list[SubLayer], runner: BlockRunner, folder: Path) -> Path | None:
+    """Write the searched configuration's sub-layer weights, taken from the supernet's variants, to ``folder``
+    (one safetensors file per block; None if the budget repair moved a width off the supernet's levels, or the
+    supernet is gone). On disk, not in memory: a streamed model never holds more than a block."""
     searched = tuple(result.report["iterations"][-1]["best"])
     if result.bank is None or not result.bank.dir.is_dir() or result.config != searched:
         return None
-    out = []
+    folder.mkdir(parents=True, exist_ok=True)
     try:
         for l in range(len(subs) // 2):
-            layer = {}
+            runner.open(l)  # variants are rebuilt from the dense block
+            state = {}
             for kind, name in (("attn", "self_attn"), ("ffn", "mlp")):
                 module = result.bank.module(kind, l, result.config[2 * l + (kind == "ffn")])
                 if module is not None:
-                    layer[name] = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            out.append(layer)
+                    state |= {f"{name}.{k}": v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+            runner.close(l)
+            save_tensors_atomic(folder / f"block{l:05d}.safetensors", state)
     except FileNotFoundError:  # a resumed run whose last supernet was cleaned away: re-pruning only
         return None
-    return out
+    return folder
+
+
+def _load_assembled(runner: BlockRunner, folder: Path) -> None:
+    """Replace every re-pruned block's sub-layers by the assembled ones (same widths)."""
+    for l in range(len(runner.layers)):
+        runner.open(l)
+        layer = runner.layers[l]
+        state = load_file(str(folder / f"block{l:05d}.safetensors"))
+        for name in ("self_attn", "mlp"):
+            part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+            if part:
+                getattr(layer, name).load_state_dict(part)
+        runner.close(l)
 
 
 def search_and_prune(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings, work_dir: Path,
-                     resume: bool = False, widths_file: Path | None = None, progress: bool = True
-                     ) -> tuple[dict, dict[str, bytes]]:
-    """Prune ``model`` in place to searched (or given) per-layer widths; return the report and its plots."""
+                     resume: bool = False, widths_file: Path | None = None, progress: bool = True,
+                     blocks: BlockStore | None = None) -> tuple[dict, dict[str, bytes]]:
+    """Prune ``model`` in place to searched (or given) per-layer widths; return the report and its plots.
+
+    ``blocks``: a streamed model's block store (its pruned blocks end in the store's work folder, for
+    ``save_streamed_checkpoint``); None: the model is held whole on its device."""
+    if blocks is not None and blocks.work is None:
+        raise PutriError("a streamed model needs a work folder for its pruned blocks")
     start = time.perf_counter()
     dense = param_counts(model)
     subs = sublayers(model)
@@ -53,7 +79,7 @@ def search_and_prune(model: PutriForCausalLM, calib: Calibration, settings: Sear
         report["distribution"] = {"source": str(widths_file)}
         result = None
     else:
-        result = search(model, calib, settings, work_dir, resume, progress)
+        result = search(model, calib, settings, work_dir, resume, progress, blocks)
         target = result.widths
         report.update(result.report)
         report["uniform_widths"] = result.uniform_widths.to_json()
@@ -61,18 +87,18 @@ def search_and_prune(model: PutriForCausalLM, calib: Calibration, settings: Sear
         plots["search_fitness.png"] = plot_fitness(result.report["iterations"])
     # The searched configuration exists twice: assembled from supernet variants (fitted on expected
     # inputs) and re-pruned at its widths on the real pruned prefix. Keep whichever is closer to dense.
-    assembled = _assemble(result, subs) if result is not None else None
+    reader = BlockRunner(model, settings.batch_size, blocks, save_blocks=False)
     with torch.no_grad():
-        log = prune_to_widths(model, calib.ids, target, settings.damping, settings.batch_size, progress)
+        assembled = _assemble(result, subs, reader, work_dir / "assembled") if result is not None else None
+        log = prune_to_widths(model, calib.ids, target, settings.damping, settings.batch_size, progress, blocks)
     if result is not None:
         last = max(settings.stage_samples)
         kl_repruned = result.fitness.model_kl(model, last)
         kl_assembled = result.report["iterations"][-1]["best_fitness"] if assembled is not None else None
         use_assembled = kl_assembled is not None and kl_assembled < kl_repruned
         if use_assembled:
-            for l, layer in enumerate(model.model.layers):
-                for name, state in assembled[l].items():
-                    getattr(layer, name).load_state_dict(state)
+            with torch.no_grad():
+                _load_assembled(BlockRunner(model, settings.batch_size, blocks), assembled)
         report["final_kl"] = {"assembled_from_supernet": kl_assembled, "repruned_at_widths": kl_repruned,
                               "chosen": "assembled" if use_assembled else "repruned",
                               "kl": result.fitness.model_kl(model, last), "tokens": last * calib.ids.shape[1]}

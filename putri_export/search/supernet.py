@@ -6,6 +6,9 @@ refit; OBS neuron scores with least-squares down_proj update) produces one varia
 Variants are nested and only differ in the kept indices and the refit output columns, so a
 variant is stored as those two tensors (safetensors, one file per variant) and rebuilt on demand.
 
+A streamed model (``blocks``) is read block by block and never written while the supernet is built; pruning to
+the searched widths writes its blocks to the store's work folder like ``prune`` does.
+
 Blocks are processed in order and the calibration input of block l+1 is the *expectation* over
 levels of block l's variant outputs (weight ∝ kept fraction), as in Týr; ``centre`` propagates
 the centre level's output instead (Týr's released code).
@@ -24,6 +27,7 @@ from torch import nn
 from ..atomic import save_tensors_atomic
 from ..errors import PutriError
 from ..model import PutriForCausalLM, Widths, group_channels, keep_ffn_neurons, keep_kv_groups
+from ..model.blocks import BlockStore
 from ..prune.obs import LinearPruner, gram, group_removal_order, least_squares_columns, obs_scores
 from ..prune.stream import BlockRunner, inputs_of, sequential
 from .space import sublayers
@@ -81,9 +85,12 @@ def build_mlp(model: PutriForCausalLM, layer: int, neurons: torch.Tensor, down_c
 
 
 class VariantBank:
-    """Variants of one supernet on disk, with a small in-memory cache of rebuilt modules."""
+    """Variants of one supernet on disk, with a small in-memory cache of rebuilt modules.
 
-    def __init__(self, model: PutriForCausalLM, directory: Path, cache_bytes: int = 512 << 20):
+    A variant is rebuilt from its layer's dense weights: a streamed model's block must be open when it is asked for.
+    """
+
+    def __init__(self, model: PutriForCausalLM, directory: Path, cache_bytes: int = 128 << 20):
         self.model, self.dir = model, Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cache: OrderedDict[tuple, nn.Module | None] = OrderedDict()
@@ -173,7 +180,7 @@ def _propagate(inputs: torch.Tensor, variants: dict, units: Sequence[int], max_u
         if k == 0:
             return torch.zeros_like(full_out)
         keep, cols = variants[k]
-        return inputs[:, channel_of(keep)] @ cols.T
+        return inputs[:, channel_of(keep)] @ cols.T.to(inputs.dtype)
 
     if propagation == "centre":
         return output(centre)
@@ -190,6 +197,12 @@ def _propagate(inputs: torch.Tensor, variants: dict, units: Sequence[int], max_u
 
 
 
+def _fp32(linear: nn.Linear, rows: torch.Tensor) -> torch.Tensor:
+    """``linear`` applied in fp32 to captured (fp32) input rows, whatever the model's dtype."""
+    bias = linear.bias.float() if linear.bias is not None else None
+    return torch.nn.functional.linear(rows, linear.weight.float(), bias)
+
+
 def _o_proj_inputs(runner: BlockRunner, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return inputs_of(layer.self_attn.o_proj, lambda: runner.attention(layer, x))
 
@@ -201,13 +214,14 @@ def _down_proj_inputs(runner: BlockRunner, layer: nn.Module, h: torch.Tensor) ->
 @torch.no_grad()
 def build_supernet(model: PutriForCausalLM, ids: torch.Tensor, levels: dict[tuple[str, int], list[int]],
                    centres: dict[tuple[str, int], int], bank: VariantBank, propagation: str = "expectation",
-                   damping: float = 1e-2, batch_size: int = 8, progress: bool = True) -> None:
+                   damping: float = 1e-2, batch_size: int = 8, progress: bool = True,
+                   blocks: BlockStore | None = None) -> None:
     """Prune every sub-layer at its levels and store the variants in ``bank``; the stream fed to the next
     sub-layer is the expectation (or the centre level) over this one's variants."""
     if propagation not in ("expectation", "centre"):
         raise PutriError(f"unknown propagation {propagation!r}; use expectation or centre")
     c = model.config
-    runner = BlockRunner(model, batch_size)
+    runner = BlockRunner(model, batch_size, blocks, save_blocks=False)
     widths = Widths.from_config(c)
 
     def attention(l: int, x: torch.Tensor) -> torch.Tensor:
@@ -220,9 +234,9 @@ def build_supernet(model: PutriForCausalLM, ids: torch.Tensor, levels: dict[tupl
         variants = attention_variants(model, l, z, gram(z), units)
         for k, (keep, cols) in variants.items():
             bank.save("attn", l, k, keep, cols)
-        out = _propagate(z, variants, units, w.kv_heads, layer.self_attn.o_proj(z), propagation,
+        out = _propagate(z, variants, units, w.kv_heads, _fp32(layer.self_attn.o_proj, z), propagation,
                          centres[("attn", l)], lambda keep: group_channels(c.head_dim, w.group, keep.tolist()))
-        return x + out.view(x.shape)
+        return x + out.view(x.shape).to(x.dtype)
 
     def ffn(l: int, h: torch.Tensor) -> torch.Tensor:
         width = widths[l].ffn
@@ -235,9 +249,9 @@ def build_supernet(model: PutriForCausalLM, ids: torch.Tensor, levels: dict[tupl
         variants = ffn_variants(weight, gram(a), a.shape[0], units, damping)
         for k, (keep, cols) in variants.items():
             bank.save("ffn", l, k, keep, cols)
-        out = _propagate(a, variants, units, width, layer.mlp.down_proj(a), propagation, centres[("ffn", l)],
+        out = _propagate(a, variants, units, width, _fp32(layer.mlp.down_proj, a), propagation, centres[("ffn", l)],
                          lambda keep: keep)
-        return h + out.view(h.shape)
+        return h + out.view(h.shape).to(h.dtype)
 
     sequential(runner, runner.embed(ids), attention=attention, ffn=ffn, desc="supernet", progress=progress)
 
@@ -248,12 +262,15 @@ def build_supernet(model: PutriForCausalLM, ids: torch.Tensor, levels: dict[tupl
 
 @torch.no_grad()
 def prune_to_widths(model: PutriForCausalLM, ids: torch.Tensor, target: Widths, damping: float = 1e-2,
-                    batch_size: int = 8, progress: bool = True) -> list[dict]:
+                    batch_size: int = 8, progress: bool = True, blocks: BlockStore | None = None) -> list[dict]:
     """Putri's local pruners at exactly these widths, sequentially: each block is calibrated on the
-    outputs of the already-pruned earlier blocks (no expectation: the real pruned prefix)."""
+    outputs of the already-pruned earlier blocks (no expectation: the real pruned prefix). A streamed model's
+    pruned blocks go to the store's work folder (started afresh)."""
     dense = Widths.from_config(model.config)
     target.check_within(dense)
-    runner = BlockRunner(model, batch_size)
+    if blocks is not None:
+        blocks.reset()
+    runner = BlockRunner(model, batch_size, blocks)
     log = [{"layer": l, "kv_heads": w.kv_heads, "ffn": w.ffn} for l, w in enumerate(target)]
 
     def fit_to(width: int, have: int, remove) -> int:

@@ -230,3 +230,43 @@ def test_search_on_qwen_families_meets_the_budget(name, stories_dir, tmp_path):
     assert abs(report["params_blocks"] - (blocks - round(0.5 * blocks))) <= unit / 2
     assert report["params_blocks"] == param_counts(model).blocks
     assert model.generate(calib.ids[:1, :8], max_new_tokens=4, do_sample=False).shape == (1, 12)
+
+
+def test_streamed_search_gives_the_in_memory_widths_kl_and_logits(stories_dir, calib, tmp_path):
+    """The search reads a streamed model's blocks in turn (supernet, fitness, assembling) and writes only its
+    pruned blocks: same searched widths, same KL and the same pruned model as the search held in memory."""
+    from putri_export.compute import ComputeSettings
+    from putri_export.model.blocks import open_model, save_streamed_checkpoint
+
+    settings = SearchSettings(**{**TINY.__dict__, "iterations": 1})
+    model = fresh_stories(stories_dir)
+    report, _ = search_and_prune(model, calib, settings, tmp_path / "a", progress=False)
+    skeleton, _, _, blocks = open_model(stories_dir, ComputeSettings(device="cpu", streaming="on"),
+                                        work=tmp_path / "blocks")
+    streamed, _ = search_and_prune(skeleton, calib, settings, tmp_path / "b", progress=False, blocks=blocks)
+    assert streamed["widths"] == report["widths"]
+    assert streamed["iterations"][-1]["best"] == report["iterations"][-1]["best"]
+    assert streamed["final_kl"]["chosen"] == report["final_kl"]["chosen"]
+    assert streamed["final_kl"]["kl"] == pytest.approx(report["final_kl"]["kl"], rel=1e-5)
+    assert all(p.is_meta for p in skeleton.model.layers.parameters())  # no block stayed in memory
+    out = save_streamed_checkpoint(skeleton, blocks, tmp_path / "pruned")
+    reloaded, _ = load_model(out)
+    with torch.no_grad():
+        expected, got = model(calib.ids[:2]).logits, reloaded(calib.ids[:2]).logits
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0), float((got - expected).abs().max())
+
+
+def test_a_bfloat16_streamed_search_meets_the_budget(stories_dir, calib, tmp_path):
+    """Captured sub-layer inputs are fp32 while a bf16 model's weights are not: the supernet's expected outputs are
+    computed in fp32 and fed back in the model's dtype."""
+    from putri_export.compute import ComputeSettings
+    from putri_export.model.blocks import open_model
+
+    settings = SearchSettings(**{**TINY.__dict__, "iterations": 1, "generations": 1})
+    skeleton, _, _, blocks = open_model(stories_dir, ComputeSettings(device="cpu", dtype="bfloat16", streaming="on"),
+                                        work=tmp_path / "blocks")
+    dense = param_counts(skeleton).blocks
+    report, _ = search_and_prune(skeleton, calib, settings, tmp_path / "work", progress=False, blocks=blocks)
+    unit = sublayers(fresh_stories(stories_dir))[1].unit_params
+    assert abs(report["params_blocks"] - (dense - round(0.5 * dense))) <= unit / 2
+    assert report["final_kl"]["kl"] < report["iterations"][0]["start_fitness"] * 1.5
