@@ -16,5 +16,24 @@ GGUF_TYPES = {
     "q5_1": (gguf.GGMLQuantizationType.Q5_1, gguf.LlamaFileType.MOSTLY_Q5_1),
 }
 LOW_BIT = {"q4_0", "q4_1", "q5_0", "q5_1"}
+# Written by llama.cpp's own quantizer (llama_model_quantize) from an f32 GGUF, optionally with an importance
+# matrix: its per-tensor mixes (the _M recipes keep some tensors wider) and its fallbacks for rows that are not a
+# multiple of the 256-value super-block. i-quants that cannot run without an importance matrix are not offered.
+LLAMA_CPP_TYPES = {
+    "q3_k_m": gguf.LlamaFileType.MOSTLY_Q3_K_M,
+    "q4_k_s": gguf.LlamaFileType.MOSTLY_Q4_K_S,
+    "q4_k_m": gguf.LlamaFileType.MOSTLY_Q4_K_M,
+    "q5_k_s": gguf.LlamaFileType.MOSTLY_Q5_K_S,
+    "q5_k_m": gguf.LlamaFileType.MOSTLY_Q5_K_M,
+    "q6_k": gguf.LlamaFileType.MOSTLY_Q6_K,
+    "iq4_nl": gguf.LlamaFileType.MOSTLY_IQ4_NL,
+    "iq4_xs": gguf.LlamaFileType.MOSTLY_IQ4_XS,
+}
+ALL_GGUF_TYPES = (*GGUF_TYPES, *LLAMA_CPP_TYPES)
+
+
+def gguf_file_type(type_name: str) -> gguf.LlamaFileType:
+    """``general.file_type`` of a GGUF of our type ``type_name``."""
+    return GGUF_TYPES[type_name][1] if type_name in GGUF_TYPES else LLAMA_CPP_TYPES[type_name]
 
 QUANTIZATIONS = ("none", "int8", "int4")  # ONNX: fp32, or weight-only MatMulNBits with 8 / 4 bits

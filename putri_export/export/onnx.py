@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -162,6 +163,10 @@ def _quantize_weights(src: Path, dst: Path, bits: int) -> None:
         f.chmod(0o644)  # the quantizer writes its data file owner-only
 
 
+# onnxscript's optimizer folds constants of at most this many elements (its input_size_limit default)
+FOLDED_CONSTANT_LIMIT = 8192
+
+
 def _weight_reader(model: PutriForCausalLM, blocks: BlockStore | None) -> Callable[[str], torch.Tensor]:
     """The parameter or buffer ``name`` of ``model`` (a streamed model's block tensors: read from its store)."""
     def read(name: str) -> torch.Tensor:
@@ -175,14 +180,37 @@ def _weight_reader(model: PutriForCausalLM, blocks: BlockStore | None) -> Callab
     return read
 
 
-def _lazy_initializer(read: Callable[[str], torch.Tensor], name: str, value):
-    """An initializer whose data is read when the file is written, and dropped after."""
+def _lazy_initializer(read: Callable[[str], torch.Tensor], name: str, value, perm: tuple[int, ...] | None = None):
+    """An initializer whose data (``read(name)``, permuted by ``perm``) is read when the file is written, and
+    dropped after."""
     import onnx_ir as ir
 
     def load():
         dtype = getattr(torch, value.dtype.numpy().name)
-        return ir.tensor(read(name).detach().to("cpu", dtype).contiguous().numpy(), name=value.name)
+        tensor = read(name).detach()
+        if perm is not None:
+            tensor = tensor.permute(perm)
+        return ir.tensor(tensor.to("cpu", dtype).contiguous().numpy(), name=value.name)
     return ir.LazyTensor(load, dtype=value.dtype, shape=value.shape, name=value.name)
+
+
+def _fold_weight_transposes(graph, late: dict[str, str], read: Callable[[str], torch.Tensor]) -> None:
+    """``Transpose(weight)`` → the transposed weight, read lazily: the folding the optimizer does for the weights
+    it holds (so ONNX Runtime does not transpose every weight when it loads the model)."""
+    import onnx_ir as ir
+
+    for node in list(graph):
+        source = node.inputs[0] if node.op_type == "Transpose" and node.inputs else None
+        if source is None or source.name not in late or len(source.uses()) != 1 or source.is_graph_output():
+            continue
+        perm = tuple(node.attributes["perm"].as_ints())
+        out = node.outputs[0]
+        folded = ir.Value(name=out.name, shape=ir.Shape([source.shape[p] for p in perm]), type=source.type)
+        folded.const_value = _lazy_initializer(read, late.pop(source.name), folded, perm)
+        out.replace_all_uses_with(folded)
+        graph.remove(node, safe=True)
+        del graph.initializers[source.name]
+        graph.register_initializer(folded)
 
 
 def _export_graph(model: PutriForCausalLM, path: Path, spec: dict, opset: int,
@@ -207,8 +235,26 @@ def _export_graph(model: PutriForCausalLM, path: Path, spec: dict, opset: int,
         program = torch.onnx.export(decoder, inputs, dynamo=True, optimize=False, dynamic_shapes=dynamic,
                                     input_names=spec["inputs"], output_names=spec["outputs"], opset_version=opset,
                                     verbose=False)
-    for value in program.model.graph.initializers.values():
-        # names are the wrapper's: "model." + the HF name
-        value.const_value = _lazy_initializer(read, value.name.removeprefix("model."), value)
-    program.optimize()
+    # Names are the wrapper's: "model." + the HF name. The optimizer folds only small constants, but it reads (and
+    # keeps) every initializer it is given: the large ones are attached after it ran, so that each is read once,
+    # when the file is written.
+    graph = program.model.graph
+    late: dict[str, str] = {}  # initializer → HF name
+    for value in graph.initializers.values():
+        if value.const_value.size <= FOLDED_CONSTANT_LIMIT:
+            value.const_value = _lazy_initializer(read, value.name.removeprefix("model."), value)
+        else:
+            value.const_value = None
+            late[value.name] = value.name.removeprefix("model.")
+    # (its deduplication pass then warns, once per held-back weight, that it skipped them)
+    dedup_log = logging.getLogger("onnx_ir.passes.common.initializer_deduplication")
+    level = dedup_log.level
+    dedup_log.setLevel(logging.ERROR)
+    try:
+        program.optimize()
+    finally:
+        dedup_log.setLevel(level)
+    _fold_weight_transposes(graph, late, read)
+    for name, hf_name in late.items():
+        graph.initializers[name].const_value = _lazy_initializer(read, hf_name, graph.initializers[name])
     program.save(str(path), external_data=True)
