@@ -102,6 +102,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write to a staging name beside --out, verify it in its runtime, and only then rename it to --out."""
     from ..compute import ComputeSettings
     from ..export import ParityCheck, export_verified
+    from ..export.formats import LLAMA_CPP_TYPES
     from ..model.assets import resolve_model
     from ..model.blocks import open_model
 
@@ -110,11 +111,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     resolved = resolve_model(args.model)
     if resolved.gguf_file is not None:
         raise PutriError("give an HF model folder (or smollm2-135m) to export, not a .gguf file")
+    imatrix_data = getattr(args, "imatrix_data", None)
+    if imatrix_data is not None and args.variant not in LLAMA_CPP_TYPES:
+        raise PutriError(f"--imatrix-data weighs llama.cpp's quantizer: give --type one of {', '.join(LLAMA_CPP_TYPES)}"
+                         f" (got {args.variant})")
     model, tokenizer, _, blocks = open_model(resolved.path, ComputeSettings(device="cpu",
                                                                             streaming=args.streaming or "auto"))
+    imatrix = None
+    if imatrix_data is not None:
+        from ..data import load_calibration
+        from ..export.gguf import importance_matrix
+
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        calib = load_calibration(tokenizer, imatrix_data, args.imatrix_samples, args.imatrix_len)
+        imatrix = importance_matrix(model, calib.ids, blocks)
     check = ParityCheck(data=args.check_data, seq_len=args.seq_len, max_windows=args.check_windows)
     result = export_verified(model, tokenizer, resolved.path, out, args.format, args.variant,
-                             verify=not args.no_verify, check=check, threads=args.threads, blocks=blocks)
+                             verify=not args.no_verify, check=check, threads=args.threads, blocks=blocks,
+                             imatrix=imatrix)
     for note in result.notes:
         print(f"note: {note}")
     if result.parity is not None:

@@ -99,12 +99,13 @@ def _add_run(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    from ..export import GGUF_TYPES, QUANTIZATIONS
+    from ..export import QUANTIZATIONS
+    from ..export.formats import ALL_GGUF_TYPES, LLAMA_CPP_TYPES
 
     export = sub.add_parser("export", help="write a deployable artifact").add_subparsers(dest="format", required=True)
     for fmt, help_text, out_help, runtime, flag, choices, default in (
             ("gguf", "GGUF (llama.cpp deci / openelm, per-layer widths)", "output .gguf file", "llama.cpp",
-             "--type", tuple(GGUF_TYPES), "f16"),
+             "--type", ALL_GGUF_TYPES, "f16"),
             ("onnx", "ONNX decoder with per-layer KV cache (ONNX Runtime)", "output folder", "ONNX Runtime",
              "--quantize", QUANTIZATIONS, "none")):
         p = export.add_parser(fmt, help=help_text)
@@ -115,6 +116,12 @@ def _add_export(sub) -> None:
         p.add_argument("--no-verify", action="store_true", help=f"skip the {runtime} parity check")
         _add_parity_check(p, data_flag="--verify-data", windows_flag="--verify-windows")
         add_options(p, ComputeSettings, only=["streaming"])
+        if fmt == "gguf":
+            p.add_argument("--imatrix-data", metavar="DATA",
+                           help=f"calibration text for llama.cpp's importance matrix ({', '.join(LLAMA_CPP_TYPES)} "
+                                f"only; {DATA_HELP}); never the text you evaluate on")
+            p.add_argument("--imatrix-samples", type=int, default=32, help="importance-matrix windows (default: 32)")
+            p.add_argument("--imatrix-len", type=int, default=512, help="tokens per window (default: 512)")
         p.set_defaults(func=cmd_export)
 
 

@@ -33,6 +33,15 @@ TOLERANCES = {
     "q5_1": Tolerance(None, 0.06, False),
     "q4_0": Tolerance(None, 0.15, False),
     "q4_1": Tolerance(None, 0.15, False),
+    # llama.cpp's quantizer (K-quants, i-quants), with or without an importance matrix
+    "q6_k": Tolerance(None, 0.03, False),
+    "q5_k_m": Tolerance(None, 0.06, False),
+    "q5_k_s": Tolerance(None, 0.06, False),
+    "q4_k_m": Tolerance(None, 0.12, False),
+    "q4_k_s": Tolerance(None, 0.12, False),
+    "iq4_xs": Tolerance(None, 0.12, False),
+    "iq4_nl": Tolerance(None, 0.12, False),
+    "q3_k_m": Tolerance(None, 0.35, False),
     "onnx-fp32": Tolerance(1e-4, 0.001, True),
     "onnx-int8": Tolerance(None, 0.03, False),
     "onnx-int4": Tolerance(None, 0.20, False),  # measured: SmolLM2-135M Putri-0.5 +15.5% (HQQ, blocks of 32)

@@ -21,6 +21,7 @@ class ExportResult:
     export_seconds: float = 0.0
     parity: object | None = None  # verify.ParityReport, None when not verified
     notes: list[str] = field(default_factory=list)  # exporter workarounds, fallback tensor types
+    tensor_types: dict[str, str] = field(default_factory=dict)  # GGUF: every tensor's type in the file
 
 
 def artifact_bytes(path: Path) -> int:
@@ -30,13 +31,15 @@ def artifact_bytes(path: Path) -> int:
 
 def export_verified(model, tokenizer, source: Path, out: Path, fmt: str, variant: str, *, verify: bool = True,
                     check: ParityCheck | None = None, threads: int | None = None, progress: bool = True,
-                    blocks=None) -> ExportResult:
+                    blocks=None, imatrix: dict | None = None) -> ExportResult:
     """Write ``model`` as ``fmt`` (``gguf`` type or ONNX quantization ``variant``) under a staging name beside
     ``out``, verify it against ``model`` in its own runtime, and rename it to ``out`` only if it passed.
 
     ``source``: the HF folder ``model`` came from (tokenizer files). ``blocks``: the block store of a streamed
-    ``model`` (written one block or tensor at a time and verified against a streamed reference). A failed parity check returns
-    ``written=False``; an export error raises. Either way nothing is left at ``out`` or beside it.
+    ``model`` (written one block or tensor at a time and verified against a streamed reference). ``imatrix``: the
+    importance matrix llama.cpp's quantizer weighs K-/i-quant rounding with (``gguf.importance_matrix``). A failed
+    parity check returns ``written=False``; an export error raises. Either way nothing is left at ``out`` or
+    beside it.
     """
     import torch
 
@@ -55,9 +58,11 @@ def export_verified(model, tokenizer, source: Path, out: Path, fmt: str, variant
             from .gguf import write_gguf
 
             with torch.no_grad():
-                report = write_gguf(model, source, tmp, variant, name=out.stem, progress=progress, blocks=blocks)
+                report = write_gguf(model, source, tmp, variant, name=out.stem, progress=progress, blocks=blocks,
+                                    imatrix=imatrix, threads=threads)
             result.notes = list(report.workarounds) + [f"{name} kept as {kind} (rows not a multiple of the block)"
                                                        for name, kind in report.fallback_tensors.items()]
+            result.tensor_types = report.tensor_types
         else:
             from .onnx import write_onnx
 

@@ -190,14 +190,14 @@ def gguf_type_name(path: Path) -> str:
     """Our type name for a GGUF's ``general.file_type``."""
     import gguf
 
-    from .formats import GGUF_TYPES
+    from .formats import ALL_GGUF_TYPES, gguf_file_type
 
     field_ = gguf.GGUFReader(path).fields.get("general.file_type")
     if field_ is None:
         raise PutriError(f"{path} has no general.file_type")
     value = int(field_.contents())
-    for name, (_, file_type) in GGUF_TYPES.items():
-        if int(file_type) == value:
+    for name in ALL_GGUF_TYPES:
+        if int(gguf_file_type(name)) == value:
             return name
     raise PutriError(f"{path}: file type {value} is not one putri-export writes")
 

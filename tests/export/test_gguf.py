@@ -233,3 +233,64 @@ def test_a_streamed_export_writes_the_same_tensors_and_verifies_against_a_stream
     assert streamed_ref.greedy_agreement == whole_ref.greedy_agreement  # the same reference tokens
     assert streamed_ref.ppl_torch == pytest.approx(whole_ref.ppl_torch, rel=1e-5)
     assert streamed_ref.max_abs_logit_diff == pytest.approx(whole_ref.max_abs_logit_diff, rel=1e-3, abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# llama.cpp's quantizer: K-quants and i-quants, with an importance matrix
+
+
+def test_q4_k_m_with_an_importance_matrix_verifies_and_the_matrix_changes_the_rounding(exported, tmp_path):
+    # stories260K's rows (64, 172) are no multiple of the 256-value super-block: llama.cpp falls back per tensor,
+    # and the report lists every tensor's final type.
+    from putri_export.data import load_calibration
+    from putri_export.export import export_verified
+    from putri_export.export.gguf import importance_matrix, tensor_types
+
+    folder, _ = exported["mixed"]
+    model, tok = load_model(folder)
+    calib = load_calibration(tok, "tinystories:train", 8, 256)
+    imatrix = importance_matrix(model, calib.ids, progress=False)
+    assert imatrix["model.layers.1.self_attn.q_proj"].shape == (64,)
+    assert "model.layers.0.self_attn.q_proj" not in imatrix  # layer 0 has no attention
+    assert imatrix["model.layers.0.mlp.down_proj"].shape == (100,) and (imatrix["lm_head"] > 0).all()
+    check = ParityCheck(data="tinystories", max_windows=2)
+    weighted = export_verified(model, tok, folder, tmp_path / "a.gguf", "gguf", "q4_k_m", check=check, threads=1,
+                               progress=False, imatrix=imatrix)
+    plain = export_verified(model, tok, folder, tmp_path / "b.gguf", "gguf", "q4_k_m", check=check, threads=1,
+                            progress=False)
+    assert weighted.written and plain.written, weighted.parity.summary()
+    assert weighted.parity.artifact_type == "q4_k_m" and weighted.tensor_types == tensor_types(tmp_path / "a.gguf")
+    assert weighted.tensor_types["blk.1.attn_q.weight"] == "Q5_0"  # 64-wide rows: Q4_K's fallback
+    assert weighted.tensor_types["blk.0.ffn_down.weight"] == "F16"  # 100 is no multiple of 32
+    a, b = gguf.GGUFReader(tmp_path / "a.gguf"), gguf.GGUFReader(tmp_path / "b.gguf")
+    changed = {x.name for x, y in zip(a.tensors, b.tensors) if bytes(x.data) != bytes(y.data)}
+    assert "blk.1.attn_q.weight" in changed and "blk.0.ffn_down.weight" not in changed  # F16 ignores the matrix
+
+
+def test_k_quants_are_used_where_rows_hold_whole_super_blocks(stories_dir, tmp_path):
+    from helpers import TOKENIZER_FILES
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("llama", vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                  bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    dense = tmp_path / "dense"
+    AutoModelForCausalLM.from_config(config).save_pretrained(dense)
+    for f in TOKENIZER_FILES:
+        (dense / f).write_bytes((stories_dir / f).read_bytes())
+    model, tok = load_model(dense)
+    slice_randomly(model, [2, 1], [512, 320], seed=3)  # layer 1: FFN rows of 320 = 10 × 32, not 256
+    report = write_gguf(model, dense, tmp_path / "m.gguf", "q4_k_m", progress=False, threads=1)
+    types = report.tensor_types
+    assert types["blk.0.attn_q.weight"] == "Q4_K" and types["blk.0.ffn_gate.weight"] == "Q4_K"
+    assert types["blk.0.ffn_down.weight"] in ("Q4_K", "Q6_K")  # the _M recipe widens some ffn_down
+    assert types["blk.1.ffn_down.weight"] in ("Q5_0", "Q8_0")  # the fallbacks of Q4_K / Q6_K
+    assert gguf.GGUFReader(tmp_path / "m.gguf").fields["general.file_type"].contents() == 15  # MOSTLY_Q4_K_M
+
+
+def test_an_importance_matrix_needs_a_llama_cpp_type(exported, tmp_path):
+    folder, files = exported["dense"]
+    result = _cli("export", "gguf", str(folder), "--out", str(tmp_path / "x.gguf"), "--type", "q8_0",
+                  "--imatrix-data", "tinystories:train")
+    assert result.returncode != 0 and "q4_k_m" in result.stderr and not (tmp_path / "x.gguf").exists()

@@ -10,7 +10,7 @@ import torch
 
 from ...errors import PutriError
 from ...model import PutriForCausalLM, Widths
-from ..formats import GGUF_TYPES
+from ..formats import GGUF_TYPES, gguf_file_type
 
 QUANT_BLOCK = 32  # Q8_0 / Q4_x / Q5_x block size; also the width of the placeholder FFN
 
@@ -119,7 +119,7 @@ def write_hparams(writer: gguf.GGUFWriter, model: PutriForCausalLM, layout: Layo
     writer.add_rope_freq_base(float(c.rope_parameters["rope_theta"]))
     writer.add_layer_norm_rms_eps(float(c.rms_norm_eps))
     writer.add_vocab_size(c.vocab_size)
-    writer.add_file_type(GGUF_TYPES[type_name][1])
+    writer.add_file_type(gguf_file_type(type_name))
     rope_type = c.rope_parameters.get("rope_type", "default")
     if rope_type == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
