@@ -151,18 +151,26 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
 def _export(fmt: str, variant: str, src: Path, out: Path, recipe: Recipe) -> dict:
     """Write an artifact under a staging name, verify it in its runtime, then rename it."""
     from ..export import ParityCheck, export_verified
+    from ..export.formats import LLAMA_CPP_TYPES
     from ..model import load_model
 
     _say(f"exporting {out.name}")
     model, tokenizer = load_model(src)
     check = ParityCheck(seq_len=recipe.seq_len, max_windows=recipe.verify_windows)
+    imatrix = None
+    if fmt == "gguf" and variant in LLAMA_CPP_TYPES:  # llama.cpp's quantizer, weighed by the calibration set
+        from ..data import load_calibration
+        from ..export.gguf import importance_matrix
+
+        calib = load_calibration(tokenizer, recipe.calib, recipe.calib_samples, recipe.calib_len)
+        imatrix = importance_matrix(model, calib.ids, progress=False)
     result = export_verified(model, tokenizer, src, out, fmt, variant, check=check, threads=recipe.threads,
-                             progress=False)
+                             progress=False, imatrix=imatrix)
     _say(result.parity.summary())
     if not result.written:
         raise PutriError(f"{out.name} failed its parity check: {'; '.join(result.parity.failures)}")
     return {"bytes": result.bytes, "export_seconds": result.export_seconds, "parity": result.parity.to_dict(),
-            "notes": result.notes}
+            "notes": result.notes, "tensor_types": result.tensor_types}
 
 
 def artifact_label(fmt: str, variant: str) -> str:

@@ -9,7 +9,8 @@ from pathlib import Path
 from ..compute import DTYPES
 from ..data import DEFAULT_CALIBRATION
 from ..errors import PutriError
-from ..export import FORMATS, GGUF_TYPES, QUANTIZATIONS
+from ..export import FORMATS, QUANTIZATIONS
+from ..export.formats import ALL_GGUF_TYPES
 from ..options import option
 from ..prune import check_sparsity
 
@@ -22,7 +23,8 @@ class Recipe:
     sparsity: float = option(0.5, "fraction of block parameters to remove, [0, 1)")
     search: bool = option(False, "Týr-style search of per-layer widths before pruning")
     formats: list[str] = option(["gguf", "onnx"], f"artifact formats ({', '.join(FORMATS)})")
-    gguf_types: list[str] = option(["q8_0"], f"GGUF types ({', '.join(GGUF_TYPES)})")
+    gguf_types: list[str] = option(["q8_0"], f"GGUF types ({', '.join(ALL_GGUF_TYPES)}; the K-/i-quants with an "
+                                   "importance matrix from the calibration set)")
     onnx_quantize: list[str] = option(["none", "int8"], f"ONNX quantizations ({', '.join(QUANTIZATIONS)})")
     calib: str = option(DEFAULT_CALIBRATION, "calibration data (comma-separated specs, split evenly)")
     calib_samples: int = option(64, "calibration windows")
@@ -47,9 +49,9 @@ class Recipe:
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
             raise PutriError(f"unknown format(s) {bad or self.formats}: choose from {', '.join(FORMATS)}")
-        bad = [t for t in self.gguf_types if t not in GGUF_TYPES]
+        bad = [t for t in self.gguf_types if t not in ALL_GGUF_TYPES]
         if bad:
-            raise PutriError(f"unknown GGUF type(s) {bad}: choose from {', '.join(GGUF_TYPES)}")
+            raise PutriError(f"unknown GGUF type(s) {bad}: choose from {', '.join(ALL_GGUF_TYPES)}")
         bad = [q for q in self.onnx_quantize if q not in QUANTIZATIONS]
         if bad:
             raise PutriError(f"unknown ONNX quantization(s) {bad}: choose from {', '.join(QUANTIZATIONS)}")

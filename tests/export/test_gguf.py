@@ -11,6 +11,7 @@ import time
 import urllib.request
 
 import gguf
+import numpy as np
 import pytest
 import torch
 
@@ -294,3 +295,20 @@ def test_an_importance_matrix_needs_a_llama_cpp_type(exported, tmp_path):
     result = _cli("export", "gguf", str(folder), "--out", str(tmp_path / "x.gguf"), "--type", "q8_0",
                   "--imatrix-data", "tinystories:train")
     assert result.returncode != 0 and "q4_k_m" in result.stderr and not (tmp_path / "x.gguf").exists()
+
+
+def test_a_streamed_model_gives_the_same_importance_matrix(exported):
+    from putri_export.compute import ComputeSettings
+    from putri_export.data import load_calibration
+    from putri_export.export.gguf import importance_matrix
+    from putri_export.model.blocks import open_model
+
+    folder, _ = exported["last_no_ffn"]
+    model, tok = load_model(folder)
+    ids = load_calibration(tok, "tinystories:train", 4, 128).ids
+    whole = importance_matrix(model, ids, progress=False)
+    skeleton, _, _, blocks = open_model(folder, ComputeSettings(device="cpu", streaming="on"))
+    streamed = importance_matrix(skeleton, ids, blocks, progress=False)
+    assert whole.keys() == streamed.keys() and "model.layers.1.mlp.down_proj" not in whole  # layer 1: no FFN
+    for name, values in whole.items():
+        assert np.allclose(streamed[name], values, rtol=1e-5), name
