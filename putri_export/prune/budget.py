@@ -6,7 +6,9 @@ With P_attn, P_ffn the parameters of one block's attention and FFN and L blocks,
     n_attn = round(L * s ** ((P_ffn / P_attn) / alpha)),  alpha = 1.5
 
 attention-layer equivalents go (n_attn * K head groups, K = KV heads per layer), and the rest of
-the budget comes uniformly from the FFNs: each keeps round(I * (1 - r_ffn)) neurons.
+the budget comes uniformly from the FFNs: each keeps round(I * (1 - r_ffn)) neurons — or, with ``align`` N, a
+multiple of N neurons (:func:`aligned_widths`: no more neurons in total than the unaligned split, so the target
+is still met, short of it by less than N neurons' parameters).
 """
 
 from __future__ import annotations
@@ -29,14 +31,33 @@ class SplitBudget:
     n_attn: int  # attention-layer equivalents to remove
     groups_per_layer: int  # K: head groups removed per attention-layer equivalent
     ffn_keep: list[int]  # neurons kept per layer
+    align: int = 1  # every kept FFN width is a multiple of this
 
     @property
     def head_groups(self) -> int:
         return self.n_attn * self.groups_per_layer
 
 
-def split_budget(model: PutriForCausalLM, sparsity: float, alpha: float = 1.5) -> SplitBudget:
-    """The attention/FFN split of ``sparsity``; fails clearly when it cannot be met."""
+def aligned_widths(ideal: list[float], widths: list[int], align: int) -> list[int]:
+    """Per-layer widths that are multiples of ``align`` (at most each layer's ``widths``), summing to at most
+    ``sum(ideal)`` and as close to it as ``align`` allows: every ideal width is rounded down, then the spare
+    neurons go back ``align`` at a time to the layers that lost the most."""
+    if align < 1:
+        raise PutriError(f"align must be >= 1, got {align}")
+    kept = [min(int(x // align), w // align) * align for x, w in zip(ideal, widths)]
+    spare = sum(ideal) - sum(kept)
+    for i in sorted(range(len(kept)), key=lambda i: (kept[i] - ideal[i], i)):
+        if spare < align:
+            break
+        if kept[i] + align <= widths[i]:
+            kept[i] += align
+            spare -= align
+    return kept
+
+
+def split_budget(model: PutriForCausalLM, sparsity: float, alpha: float = 1.5, align: int = 1) -> SplitBudget:
+    """The attention/FFN split of ``sparsity`` (kept FFN widths multiples of ``align``); fails clearly when it
+    cannot be met."""
     check_sparsity(sparsity)
     if alpha <= 0:
         raise PutriError(f"alpha must be > 0, got {alpha}")
@@ -62,6 +83,10 @@ def split_budget(model: PutriForCausalLM, sparsity: float, alpha: float = 1.5) -
         raise PutriError(f"sparsity {sparsity}: needs {from_ffn:,.0f} FFN parameters removed but the FFNs hold only "
                          f"{ffn_total:,}")
     r_ffn = from_ffn / ffn_total
-    keep = [round(w * (1 - r_ffn)) for w in c.intermediate_size_per_layer]
+    widths = c.intermediate_size_per_layer
+    if align > 1:
+        keep = aligned_widths([w * (1 - r_ffn) for w in widths], widths, align)
+    else:
+        keep = [round(w * (1 - r_ffn)) for w in widths]
     groups = max(c.num_key_value_heads_per_layer)
-    return SplitBudget(sparsity, alpha, counts.blocks, target, p_attn, p_ffn, n_attn, groups, keep)
+    return SplitBudget(sparsity, alpha, counts.blocks, target, p_attn, p_ffn, n_attn, groups, keep, align)

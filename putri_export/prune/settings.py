@@ -39,6 +39,8 @@ class PruneSettings:
     attn_samples: int = option(2, "calibration samples scoring attention removals")
     attn_len: int = option(256, "their first tokens")
     batch_size: int = option(8, "calibration samples per forward")
+    align: int = option(1, "kept FFN widths rounded to multiples of N (Putri, 2SSP), the target still met: 32 lets "
+                        "Q8_0/Q4_x quantize every ffn_down row, 256 the K-quants")
 
     def check(self) -> None:
         if self.method not in METHOD_NAMES:
@@ -48,6 +50,10 @@ class PruneSettings:
             raise PutriError("attn-samples and batch-size must be >= 1 and attn-len >= 2")
         if self.damping < 0 or self.update_damping < 0:
             raise PutriError("damping must be >= 0")
+        if self.align < 1:
+            raise PutriError(f"align must be >= 1, got {self.align}")
+        if self.align > 1 and self.method not in ("putri", "2ssp"):
+            raise PutriError(f"--align applies to the putri and 2ssp budgets; {self.method} chooses its own widths")
         if self.attn_scoring not in ATTN_SCORINGS:
             raise PutriError(f"unknown attn-scoring {self.attn_scoring!r}; choose one of {', '.join(ATTN_SCORINGS)}")
 

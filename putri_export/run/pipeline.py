@@ -126,14 +126,14 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
     if recipe.search:
         from ..search import SearchSettings, search_and_prune
 
-        settings = SearchSettings(sparsity=recipe.sparsity, **recipe.search_options)
+        settings = SearchSettings(**{"sparsity": recipe.sparsity, "align": recipe.align, **recipe.search_options})
         report, plots = search_and_prune(model, calib, settings, out.parent / "search-work", resume=True,
                                          blocks=blocks)
         files = {"search_report.json": json.dumps(report, indent=2) + "\n", **plots}
     else:
         from ..prune import PruneSettings, prune_model
 
-        report = prune_model(model, calib, PruneSettings(sparsity=recipe.sparsity),
+        report = prune_model(model, calib, PruneSettings(sparsity=recipe.sparsity, align=recipe.align),
                              state_dir=out.parent / "prune-state", resume=True, blocks=blocks)
         files = {"pruning_report.json": json.dumps(report, indent=2) + "\n"}
     report["threads"] = torch.get_num_threads()

@@ -30,6 +30,8 @@ class Recipe:
     calib_samples: int = option(64, "calibration windows")
     calib_len: int = option(512, "tokens per calibration window")
     search_options: dict = option({}, "SearchSettings fields for --search (recipe file only)")
+    align: int = option(1, "kept FFN widths in multiples of N (32: every ffn_down row quantizes in Q8_0/Q4_x; 256: "
+                        "in K-quants), the target still met")
     eval_data: list[str] = option(["wikitext2", "tinystories"], "corpora every model and artifact is scored on")
     eval_windows: int = option(8, "perplexity windows per corpus")
     seq_len: int = option(512, "tokens per perplexity window")
@@ -46,6 +48,8 @@ class Recipe:
 
     def check(self) -> None:
         check_sparsity(self.sparsity)
+        if self.align < 1:
+            raise PutriError(f"align must be >= 1, got {self.align}")
         bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
             raise PutriError(f"unknown format(s) {bad or self.formats}: choose from {', '.join(FORMATS)}")

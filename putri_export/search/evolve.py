@@ -88,7 +88,7 @@ def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings
     kinds = [s.kind for s in subs]
     counts = param_counts(model)
     target_kept = counts.blocks - round(settings.sparsity * counts.blocks)
-    uniform = initial_config(model, subs, settings.sparsity, settings.alpha)
+    uniform = initial_config(model, subs, settings.sparsity, settings.alpha, settings.align)
     weights = model_fingerprint(model) if blocks is None else blocks.fingerprint()
     store = ResumeStore(work_dir, fingerprint(asdict(settings), calib.provenance(), weights), resume, what="search")
     iterations: list[dict] = store.get("iterations", [])
@@ -107,7 +107,8 @@ def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings
         step_frac = settings.step / 2 ** it
         levels = []
         for s, u in zip(subs, config):
-            step = max(1, round(step_frac * s.max_units)) if s.max_units else 1
+            unit = settings.align if s.kind == "ffn" else 1  # FFN levels stay on multiples of --align
+            step = max(1, round(step_frac * s.max_units / unit)) * unit if s.max_units else 1
             levels.append(level_grid(u, step, side, s.max_units) if s.max_units else [0])
         bank_dir = work_dir / f"supernet{it}"
         if bank_dir.exists():
@@ -134,7 +135,7 @@ def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings
             shutil.rmtree(bank_dir)  # the next iteration builds its own supernet around the new centre
 
     bank = VariantBank(model, work_dir / f"supernet{settings.iterations - 1}", cache_bytes)
-    final = repair_budget(subs, config, target_kept)
+    final = repair_budget(subs, config, target_kept, settings.align)
     report = {
         "settings": asdict(settings), "target_kept_block_params": target_kept,
         "dense_block_params": counts.blocks, "iterations": iterations,

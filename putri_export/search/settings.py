@@ -29,6 +29,8 @@ class SearchSettings:
     damping: float = option(1e-2, "relative Hessian damping for OBS scores")
     batch_size: int = option(8, "calibration samples per forward")
     seed: int = option(0, "random seed of the mutations")
+    align: int = option(1, "kept FFN widths in multiples of N (levels, moves and the budget repair), the target "
+                        "still met")
 
     def check(self, calib_samples: int) -> None:
         check_sparsity(self.sparsity)
@@ -45,5 +47,7 @@ class SearchSettings:
                              "(the calibration windows)")
         if self.propagation not in ("expectation", "centre"):
             raise PutriError(f"propagation must be expectation or centre, got {self.propagation!r}")
+        if self.align < 1:
+            raise PutriError(f"align must be >= 1, got {self.align}")
         if self.top_k < 1:
             raise PutriError("top-k must be >= 1")

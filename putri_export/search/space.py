@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import PutriError
 from ..model import PutriForCausalLM, Widths, param_counts
-from ..prune.budget import split_budget
+from ..prune.budget import aligned_widths, split_budget
 
 Config = tuple[int, ...]  # kept units per sub-layer, in ``sublayers()`` order (attn 0, ffn 0, attn 1, ...)
 
@@ -58,9 +58,10 @@ def level_grid(centre: int, step: int, side: int, max_units: int) -> list[int]:
     return sorted(grid)
 
 
-def initial_config(model: PutriForCausalLM, subs: list[SubLayer], sparsity: float, alpha: float) -> Config:
+def initial_config(model: PutriForCausalLM, subs: list[SubLayer], sparsity: float, alpha: float, align: int = 1
+                   ) -> Config:
     """Putri's split, spread as evenly as the units allow: the attention head groups it removes go
-    round-robin over the layers, and every FFN keeps the same neuron count (±1)."""
+    round-robin over the layers, and every FFN keeps the same neuron count (±1; ±``align`` in multiples of it)."""
     budget = split_budget(model, sparsity, alpha)
     attn = [i for i, s in enumerate(subs) if s.kind == "attn" and s.max_units]
     ffn = [i for i, s in enumerate(subs) if s.kind == "ffn" and s.max_units]
@@ -74,33 +75,41 @@ def initial_config(model: PutriForCausalLM, subs: list[SubLayer], sparsity: floa
     norms = sum(subs[i].norm_params for i in ffn)
     neurons = round((target_kept - attn_params - norms) / subs[ffn[0]].unit_params)
     neurons = min(max(neurons, 0), sum(subs[i].max_units for i in ffn))
-    for j, i in enumerate(ffn):  # even spread, each within its width
-        units[i] = min(subs[i].max_units, neurons // len(ffn) + (1 if j < neurons % len(ffn) else 0))
-    return repair_budget(subs, tuple(units), target_kept)
+    if align > 1:
+        spread = aligned_widths([neurons / len(ffn)] * len(ffn), [subs[i].max_units for i in ffn], align)
+        for i, k in zip(ffn, spread):
+            units[i] = k
+    else:
+        for j, i in enumerate(ffn):  # even spread, each within its width
+            units[i] = min(subs[i].max_units, neurons // len(ffn) + (1 if j < neurons % len(ffn) else 0))
+    return repair_budget(subs, tuple(units), target_kept, align)
 
 
-def repair_budget(subs: list[SubLayer], config: Config, target_kept: int) -> Config:
+def repair_budget(subs: list[SubLayer], config: Config, target_kept: int, align: int = 1) -> Config:
     """Move FFN neurons one at a time (from the widest, to the narrowest) until the kept block
     parameters are within half a neuron of the target: the search keeps unit totals, and a
-    sub-layer emptied or revived changes the count by its norm."""
+    sub-layer emptied or revived changes the count by its norm. With ``align`` > 1 they move ``align`` at a time
+    and the result keeps at most the target, short of it by less than ``align`` neurons."""
     units = list(config)
     ffn = [i for i, s in enumerate(subs) if s.kind == "ffn" and s.max_units]
-    half = subs[ffn[0]].unit_params / 2 if ffn else 0
+    unit = subs[ffn[0]].unit_params if ffn else 0
     for _ in range(sum(s.max_units for s in subs if s.kind == "ffn") + 1):
         diff = sum(s.params(u) for s, u in zip(subs, units)) - target_kept
-        if abs(diff) <= half:
+        if (abs(diff) <= unit / 2) if align == 1 else (-align * unit < diff <= 0):
             break
-        if diff > 0:
-            options = [i for i in ffn if units[i] > 1] or [i for i in ffn if units[i] > 0]
+        if diff > 0:  # to the next multiple of align below (a dense, unaligned width included)
+            options = [i for i in ffn if units[i] > align] or [i for i in ffn if units[i] > 0]
             if not options:
                 break
-            units[max(options, key=lambda i: (units[i], -i))] -= 1
+            i = max(options, key=lambda i: (units[i], -i))
+            units[i] = (units[i] - 1) // align * align
         else:
             options = ([i for i in ffn if 0 < units[i] < subs[i].max_units]
                        or [i for i in ffn if units[i] < subs[i].max_units])
             if not options:
                 break
-            units[min(options, key=lambda i: (units[i], i))] += 1
+            i = min(options, key=lambda i: (units[i], i))
+            units[i] = min((units[i] // align + 1) * align, subs[i].max_units)
     return tuple(units)
 
 

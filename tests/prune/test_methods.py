@@ -40,6 +40,27 @@ def test_budget_split_follows_the_formula(stories):
     assert split_budget(model, 0.0).n_attn == 0 and split_budget(model, 0.0).ffn_keep == [172] * 5
 
 
+def test_aligned_widths_are_multiples_and_never_exceed_the_unaligned_total():
+    from putri_export.prune.budget import aligned_widths
+
+    ideal = [100.4, 100.4, 100.4, 30.0]
+    kept = aligned_widths(ideal, [172, 172, 172, 40], 32)
+    assert all(k % 32 == 0 for k in kept) and sum(kept) <= sum(ideal) and sum(ideal) - sum(kept) < 32
+    assert kept == [96, 96, 96, 32]  # 288 after rounding down; the spare 43.2 buys one 32 for the layer that lost 30
+    assert aligned_widths([172.0, 172.0], [172, 172], 32) == [160, 160]  # rounded down under the full width
+    assert aligned_widths([5.0, 7.0], [10, 10], 1) == [5, 7]
+
+
+def test_putri_with_align_keeps_multiples_and_meets_the_target(stories_dir, calib):
+    model = fresh_stories(stories_dir)
+    report = prune_model(model, calib, PruneSettings(sparsity=0.5, align=32), progress=False)
+    widths = model.config.intermediate_size_per_layer
+    assert all(w % 32 == 0 for w in widths), widths
+    # the target is met, short of it by less than one aligned chunk of FFN neurons (3 × hidden parameters each)
+    assert report["sparsity_blocks"] >= 0.5
+    assert (report["sparsity_blocks"] - 0.5) * report["dense_params_blocks"] < 32 * 3 * model.config.hidden_size
+
+
 @pytest.mark.parametrize("bad", [1.0, -0.1, 1.5])
 def test_sparsity_out_of_range(stories, bad):
     with pytest.raises(PutriError, match=r"sparsity must be in \[0, 1\)"):
@@ -209,6 +230,8 @@ def test_ctrl_c_leaves_no_output_directory(stories_dir, tmp_path, monkeypatch, c
     (["--sparsity", "0.05", "--method", "shortgpt"], ["ShortGPT removes whole blocks"]),
     (["--sparsity", "0.5", "--calib-samples", "100000"], ["tinystories:train", "windows", "needed"]),
     (["--sparsity", "0.5", "--method", "magnitude"], ["invalid choice"]),
+    (["--sparsity", "0.3", "--method", "flap", "--align", "32"], ["--align", "flap"]),
+    (["--sparsity", "0.3", "--align", "0"], ["align must be >= 1"]),
 ])
 def test_bad_prune_arguments(stories_dir, tmp_path, args, needles):
     proc = cli("prune", str(stories_dir), "--calib", CALIB, "--calib-len", "64", "--calib-samples", "4",

@@ -270,3 +270,14 @@ def test_a_bfloat16_streamed_search_meets_the_budget(stories_dir, calib, tmp_pat
     unit = sublayers(fresh_stories(stories_dir))[1].unit_params
     assert abs(report["params_blocks"] - (dense - round(0.5 * dense))) <= unit / 2
     assert report["final_kl"]["kl"] < report["iterations"][0]["start_fitness"] * 1.5
+
+
+def test_search_with_align_keeps_ffn_widths_on_multiples_and_meets_the_target(stories_dir, calib, tmp_path):
+    settings = SearchSettings(**{**TINY.__dict__, "iterations": 1, "generations": 2, "align": 32})
+    model = fresh_stories(stories_dir)
+    dense = param_counts(model).blocks
+    report, _ = search_and_prune(model, calib, settings, tmp_path / "work", progress=False)
+    widths = model.config.intermediate_size_per_layer
+    assert all(w % 32 == 0 or w == 172 for w in widths), widths  # a dense FFN keeps its own width
+    target_kept = dense - round(0.5 * dense)
+    assert 0 <= target_kept - report["params_blocks"] < 32 * 3 * model.config.hidden_size

@@ -78,7 +78,7 @@ def local_head_groups(ffn_log: list[dict], count: int) -> dict[int, list[int]]:
 
 
 def prune(ctx: PruneContext) -> dict:
-    budget = split_budget(ctx.model, ctx.settings.sparsity, ctx.settings.alpha)
+    budget = split_budget(ctx.model, ctx.settings.sparsity, ctx.settings.alpha, ctx.settings.align)
     scoring = ctx.attn_scoring
     ffn_log = prune_ffns(ctx, budget.ffn_keep, score_attention=scoring == "local")
     if scoring == "local":

@@ -50,7 +50,7 @@ def prune_ffns(ctx: PruneContext, keep: list[int]) -> list[dict]:
 
 
 def prune(ctx: PruneContext) -> dict:
-    budget = split_budget(ctx.model, ctx.settings.sparsity, ctx.settings.alpha)
+    budget = split_budget(ctx.model, ctx.settings.sparsity, ctx.settings.alpha, ctx.settings.align)
     ffn_log = prune_ffns(ctx, budget.ffn_keep)
     masks, rounds = attention_stage(ctx, budget.n_attn, 1, unit="layer")
     attn_log = remove_head_groups(ctx, masked_groups(ctx.model, masks), refit=False)
