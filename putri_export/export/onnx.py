@@ -5,7 +5,9 @@ graph is exported here: ``torch.onnx.export(dynamo=True)`` of a thin wrapper tha
 value) pair per attention layer, rebuilds transformers' ``DynamicCache`` and runs our model. Inputs:
 ``input_ids``, ``attention_mask`` (past + new), ``position_ids``, ``past_key_values.{l}.key/value``
 [batch, K_l, past, head_dim] for each layer l with attention; outputs ``logits`` and
-``present.{l}.key/value``. ``putri_onnx.json`` beside the model describes this layout.
+``present.{l}.key/value``. ``putri_onnx.json`` beside the model describes this layout, and ``genai_config.json``
+describes it to onnxruntime-genai (``onnxruntime_genai.Model(folder)`` generates from the folder; its KV cache takes
+each layer's shape from the graph's inputs, so per-layer KV heads and attention-free layers need nothing more).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..runtime.ort import LAYOUT_FILE
 from .formats import QUANTIZATIONS
 
 MODEL_FILE = "model.onnx"
+GENAI_CONFIG = "genai_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
                    "chat_template.jinja", "generation_config.json")
 
@@ -126,7 +129,47 @@ def write_onnx(model: PutriForCausalLM, tokenizer_dir: Path, out: Path, quantiza
             if (Path(tokenizer_dir) / name).is_file():
                 shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
         (tmp / LAYOUT_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        (tmp / GENAI_CONFIG).write_text(json.dumps(genai_config(model, spec), indent=2) + "\n")
     return spec
+
+
+def genai_config(model: PutriForCausalLM, spec: dict) -> dict:
+    """onnxruntime-genai's description of the exported decoder (the fields its model builder writes), greedy by
+    default. The cache is concatenated in the graph, so past and present are separate buffers."""
+    from ..model.families import family_of
+
+    c = model.config
+    generation = getattr(model, "generation_config", None)
+    eos = getattr(generation, "eos_token_id", None) or c.eos_token_id
+    pad = c.pad_token_id if c.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
+    return {
+        "model": {
+            "bos_token_id": getattr(generation, "bos_token_id", None) or c.bos_token_id,
+            "eos_token_id": eos,
+            "pad_token_id": pad,
+            "context_length": c.max_position_embeddings,
+            "type": family_of(c.model_type).name,
+            "vocab_size": c.vocab_size,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": spec["model_file"],
+                "head_size": c.head_dim,
+                "hidden_size": c.hidden_size,
+                # the dense counts; each layer's own KV-head count is the shape of its cache input
+                "num_attention_heads": c.num_attention_heads,
+                "num_key_value_heads": c.num_key_value_heads,
+                "num_hidden_layers": c.num_hidden_layers,
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
+                           "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+            },
+        },
+        "search": {"diversity_penalty": 0.0, "do_sample": False, "early_stopping": True, "length_penalty": 1.0,
+                   "max_length": c.max_position_embeddings, "min_length": 0, "no_repeat_ngram_size": 0,
+                   "num_beams": 1, "num_return_sequences": 1, "past_present_share_buffer": False,
+                   "repetition_penalty": 1.0, "temperature": 1.0, "top_k": 1, "top_p": 1.0},
+    }
 
 
 NBITS_BLOCK = 32

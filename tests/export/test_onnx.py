@@ -74,6 +74,35 @@ def test_a_streamed_export_writes_the_same_model_and_verifies_against_a_streamed
     assert report.passed and report.max_abs_logit_diff <= 1e-4 * report.max_abs_logit, report.summary()
 
 
+@pytest.mark.parametrize("quantization", ["none", "int8"])
+def test_onnxruntime_genai_generates_the_greedy_tokens_of_pytorch(exported, quantization, stories):
+    """The exported folder is an onnxruntime-genai model as it stands (genai_config.json, tokenizer files): layer 0
+    without attention, per-layer KV heads, an FFN-free layer."""
+    og = pytest.importorskip("onnxruntime_genai", reason="the onnxruntime-genai wheel is not installed")
+    folder, files = exported["mixed"]
+    model, tok = load_model(folder)
+    prompt = tok("Once upon a time, there was a little", return_tensors="pt").input_ids
+    new = 24
+    runtime = og.Model(str(files[quantization]))
+    params = og.GeneratorParams(runtime)
+    params.set_search_options(max_length=prompt.shape[1] + new, do_sample=False)
+    generator = og.Generator(runtime, params)
+    generator.append_tokens(prompt[0].numpy().astype(np.int32))
+    while not generator.is_done():
+        generator.generate_next_token()
+    got = list(generator.get_sequence(0))
+    with torch.no_grad():
+        expected = model.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False)[0].tolist()
+    if quantization == "none":
+        assert got == expected
+    else:  # int8 changes the (randomly sliced) model's tokens: genai must decode what ONNX Runtime itself does
+        ours, _ = OrtModel(files[quantization]).greedy(prompt[0].tolist(), new)
+        assert got == prompt[0].tolist() + ours
+    tokens = og.Tokenizer(runtime).encode("Once upon a time, there was a little")
+    # it reads the folder's tokenizer files (and, unlike HF's, adds no BOS)
+    assert [int(t) for t in tokens] == tok("Once upon a time, there was a little", add_special_tokens=False).input_ids
+
+
 def test_cache_inputs_follow_per_layer_kv_heads(exported):
     _, files = exported["mixed"]
     runtime = OrtModel(files["none"])
