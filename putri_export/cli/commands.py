@@ -137,7 +137,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if result.parity is not None:
         _print_report(result.parity, args.json)
     if not result.written:
-        print(f"putri-export: error: {out} not written: parity check failed", file=sys.stderr)
+        hint = ""
+        if args.format == "gguf" and args.variant in LLAMA_CPP_TYPES and imatrix is None:
+            hint = ("; llama.cpp's quantizer weighed by an importance matrix often closes the gap: add --imatrix-data "
+                    "(SmolLM2-135M Q5_K_M: +11.0% perplexity without, +0.9% with)")
+        print(f"putri-export: error: {out} not written: parity check failed{hint}", file=sys.stderr)
         return 1
     print(f"{out}: ready ({result.bytes:,} bytes)")
     return 0
