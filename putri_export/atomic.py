@@ -68,7 +68,7 @@ def save_tensors_atomic(path: Path, tensors: dict) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

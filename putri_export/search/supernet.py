@@ -104,7 +104,9 @@ class VariantBank:
         save_tensors_atomic(self.path(kind, layer, units), {"keep": keep, "columns": columns})
 
     def load(self, kind: str, layer: int, units: int) -> tuple[torch.Tensor, torch.Tensor]:
-        tensors = load_file(str(self.path(kind, layer, units)))
+        # onto the model's device: a variant is rebuilt from the dense block's weights there
+        device = str(self.model.model.embed_tokens.weight.device)
+        tensors = load_file(str(self.path(kind, layer, units)), device=device)
         return tensors["keep"], tensors["columns"]
 
     def disk_bytes(self) -> int:
