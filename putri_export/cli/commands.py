@@ -194,8 +194,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     from ..compute import ComputeSettings
     from ..data import load_calibration
-    from ..model import save_checkpoint
-    from ..model.blocks import open_model, save_streamed_checkpoint
+    from ..model.blocks import open_model, save_model
     from ..prune import PruneSettings, prune_model
 
     out = Path(args.out)
@@ -218,11 +217,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     report["source_model"] = str(args.model)
     report["threads"] = torch.get_num_threads()
     extra = {"pruning_report.json": json.dumps(report, indent=2) + "\n"}
-    if blocks is not None:
-        save_streamed_checkpoint(model, blocks, out, overwrite=args.overwrite, extra_files=extra)
-        blocks.forget()
-    else:
-        save_checkpoint(model, tokenizer, out, source_dir=source, overwrite=args.overwrite, extra_files=extra)
+    save_model(model, tokenizer, source, blocks, out, overwrite=args.overwrite, extra_files=extra)
     print(f"{out}: {settings.method} at sparsity {settings.sparsity}: blocks {report['params_blocks']:,} / "
           f"{report['dense_params_blocks']:,} (achieved {report['sparsity_blocks']:.4f}), total "
           f"{report['params_total']:,} ({report['sparsity_total']:.4f}); {report['prune_seconds']:.1f} s, "
@@ -236,8 +231,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     from ..compute import ComputeSettings
     from ..data import load_calibration
-    from ..model import save_checkpoint
-    from ..model.blocks import open_model, save_streamed_checkpoint
+    from ..model.blocks import open_model, save_model
     from ..search import SearchSettings, search_and_prune
 
     out = Path(args.out)
@@ -268,11 +262,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     report["threads"] = torch.get_num_threads()
     widths = json.dumps({"widths": report["widths"]}, indent=2) + "\n"
     extra = {"search_report.json": json.dumps(report, indent=2) + "\n", "widths.json": widths, **plots}
-    if blocks is not None:
-        save_streamed_checkpoint(model, blocks, out, overwrite=args.overwrite, extra_files=extra)
-        blocks.forget()
-    else:
-        save_checkpoint(model, tokenizer, out, source_dir=source, overwrite=args.overwrite, extra_files=extra)
+    save_model(model, tokenizer, source, blocks, out, overwrite=args.overwrite, extra_files=extra)
     print(f"{out}: {report['method']}: blocks {report['params_blocks']:,} / {report['dense_params_blocks']:,} "
           f"(achieved {report['sparsity_blocks']:.4f}), total {report['params_total']:,}; "
           f"{report['seconds']:.1f} s, peak RSS {report['peak_rss_mb']:.0f} MB")

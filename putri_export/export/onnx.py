@@ -211,8 +211,10 @@ FOLDED_CONSTANT_LIMIT = 8192
 
 
 def _weight_reader(model: PutriForCausalLM, blocks: BlockStore | None) -> Callable[[str], torch.Tensor]:
-    """The parameter or buffer ``name`` of ``model`` (a streamed model's block tensors: read from its store)."""
-    def read(name: str) -> torch.Tensor:
+    """The tensor of a graph initializer named after the exported wrapper's attribute ("model." + the HF name): the
+    parameter or buffer of ``model`` (a streamed model's block tensors: read from its store)."""
+    def read(initializer: str) -> torch.Tensor:
+        name = initializer.removeprefix("model.")
         if blocks is not None and name.startswith(LAYER_PREFIX):
             layer, _, rest = name[len(LAYER_PREFIX):].partition(".")
             return blocks.tensor(int(layer), rest)
@@ -237,7 +239,7 @@ def _lazy_initializer(read: Callable[[str], torch.Tensor], name: str, value, per
     return ir.LazyTensor(load, dtype=value.dtype, shape=value.shape, name=value.name)
 
 
-def _fold_weight_transposes(graph, late: dict[str, str], read: Callable[[str], torch.Tensor]) -> None:
+def _fold_weight_transposes(graph, late: set[str], read: Callable[[str], torch.Tensor]) -> None:
     """``Transpose(weight)`` → the transposed weight, read lazily: the folding the optimizer does for the weights
     it holds (so ONNX Runtime does not transpose every weight when it loads the model)."""
     import onnx_ir as ir
@@ -249,7 +251,8 @@ def _fold_weight_transposes(graph, late: dict[str, str], read: Callable[[str], t
         perm = tuple(node.attributes["perm"].as_ints())
         out = node.outputs[0]
         folded = ir.Value(name=out.name, shape=ir.Shape([source.shape[p] for p in perm]), type=source.type)
-        folded.const_value = _lazy_initializer(read, late.pop(source.name), folded, perm)
+        late.remove(source.name)
+        folded.const_value = _lazy_initializer(read, source.name, folded, perm)
         out.replace_all_uses_with(folded)
         graph.remove(node, safe=True)
         del graph.initializers[source.name]
@@ -278,17 +281,16 @@ def _export_graph(model: PutriForCausalLM, path: Path, spec: dict, opset: int,
         program = torch.onnx.export(decoder, inputs, dynamo=True, optimize=False, dynamic_shapes=dynamic,
                                     input_names=spec["inputs"], output_names=spec["outputs"], opset_version=opset,
                                     verbose=False)
-    # Names are the wrapper's: "model." + the HF name. The optimizer folds only small constants, but it reads (and
-    # keeps) every initializer it is given: the large ones are attached after it ran, so that each is read once,
-    # when the file is written.
+    # The optimizer folds only small constants, but it reads (and keeps) every initializer it is given: the large
+    # ones are attached after it ran, so that each is read once, when the file is written.
     graph = program.model.graph
-    late: dict[str, str] = {}  # initializer → HF name
+    late: set[str] = set()
     for value in graph.initializers.values():
         if value.const_value.size <= FOLDED_CONSTANT_LIMIT:
-            value.const_value = _lazy_initializer(read, value.name.removeprefix("model."), value)
+            value.const_value = _lazy_initializer(read, value.name, value)
         else:
             value.const_value = None
-            late[value.name] = value.name.removeprefix("model.")
+            late.add(value.name)
     # (its deduplication pass then warns, once per held-back weight, that it skipped them)
     dedup_log = logging.getLogger("onnx_ir.passes.common.initializer_deduplication")
     level = dedup_log.level
@@ -298,6 +300,6 @@ def _export_graph(model: PutriForCausalLM, path: Path, spec: dict, opset: int,
     finally:
         dedup_log.setLevel(level)
     _fold_weight_transposes(graph, late, read)
-    for name, hf_name in late.items():
-        graph.initializers[name].const_value = _lazy_initializer(read, hf_name, graph.initializers[name])
+    for name in late:
+        graph.initializers[name].const_value = _lazy_initializer(read, name, graph.initializers[name])
     program.save(str(path), external_data=True)

@@ -278,3 +278,16 @@ def open_model(spec: str | Path, compute, work: Path | None = None
         raise PutriError(f"--streaming on needs an HF folder with safetensors weights; {spec} is a GGUF file")
     model, tokenizer = load_model(spec, dtype)
     return model.to(device), tokenizer, resolved.path, None
+
+
+def save_model(model: PutriForCausalLM, tokenizer, source: Path, blocks: BlockStore | None, out: Path,
+               overwrite: bool = False, extra_files: dict[str, str | bytes] | None = None) -> Path:
+    """Save what :func:`open_model` opened: a streamed model block by block (then its work copies are dropped), a
+    whole one as a checkpoint beside the source's tokenizer files."""
+    if blocks is None:
+        from .checkpoint import save_checkpoint
+
+        return save_checkpoint(model, tokenizer, out, source_dir=source, overwrite=overwrite, extra_files=extra_files)
+    path = save_streamed_checkpoint(model, blocks, out, overwrite=overwrite, extra_files=extra_files)
+    blocks.forget()
+    return path

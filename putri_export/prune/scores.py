@@ -36,6 +36,11 @@ class ChannelStats:
         return self.sum / max(self.tokens, 1)
 
     @property
+    def mean_square(self) -> torch.Tensor:
+        """E[x²] per channel (llama.cpp's importance matrix entry)."""
+        return self.sum_sq / max(self.tokens, 1)
+
+    @property
     def variance(self) -> torch.Tensor:
         # Population variance, as FLAP's running fluctuation estimate.
         return (self.sum_sq / max(self.tokens, 1) - self.mean.pow(2)).clamp_min(0)

@@ -70,6 +70,15 @@ class BlockRunner:
         if self.block_store is not None:
             self.block_store.close(l, save=self.save_blocks)
 
+    @contextmanager
+    def opened(self, l: int) -> Iterator[nn.Module]:
+        """Block ``l`` materialized for the ``with`` body, closed after it (also when the body raises)."""
+        self.open(l)
+        try:
+            yield self.layers[l]
+        finally:
+            self.close(l)
+
     @torch.no_grad()
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """The hidden states entering block 0, on the model's device in its dtype."""
@@ -102,9 +111,8 @@ class BlockRunner:
         for l in range(start, len(self.layers)):
             if entering is not None:
                 entering[l] = x
-            self.open(l)
-            x = self.block(self.layers[l], x)
-            self.close(l)
+            with self.opened(l) as layer:
+                x = self.block(layer, x)
         return x
 
     def head_batches(self, hidden: torch.Tensor, budget_bytes: int = 128 << 20) -> Iterator[slice]:

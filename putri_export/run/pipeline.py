@@ -112,8 +112,8 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
 
     from ..compute import ComputeSettings
     from ..data import load_calibration
-    from ..model import Widths, save_checkpoint
-    from ..model.blocks import open_model, save_streamed_checkpoint
+    from ..model import Widths
+    from ..model.blocks import open_model, save_model
 
     _say(f"pruning {recipe.model} to block sparsity {recipe.sparsity}" + (" with search" if recipe.search else ""))
     # Pruning and the search stream when the model is large.
@@ -137,11 +137,7 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
                              state_dir=out.parent / "prune-state", resume=True, blocks=blocks)
         files = {"pruning_report.json": json.dumps(report, indent=2) + "\n"}
     report["threads"] = torch.get_num_threads()
-    if blocks is not None:
-        save_streamed_checkpoint(model, blocks, out, extra_files=files)
-        blocks.forget()
-    else:
-        save_checkpoint(model, tokenizer, out, source_dir=dense_dir, extra_files=files)
+    save_model(model, tokenizer, dense_dir, blocks, out, extra_files=files)
     keys = ("method", "params_blocks", "params_total", "dense_params_blocks", "dense_params_total",
             "sparsity_blocks", "sparsity_total", "widths", "peak_rss_mb", "threads")
     return {k: report.get(k) for k in keys} | {"seconds": report.get("prune_seconds", report.get("seconds")),

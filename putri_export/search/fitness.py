@@ -42,13 +42,11 @@ class FitnessEvaluator:
         self.entering = []
         x = self.runner.embed(self.ids)
         for l in range(self.layers):
-            self.runner.open(l)
-            layer = self.runner.layers[l]
-            attn, mlp = self._modules(config, l)
-            h = self.runner.attention(layer, x, attn)
-            self.entering += [x, h]
-            x = self.runner.ffn(layer, h, mlp)
-            self.runner.close(l)
+            with self.runner.opened(l) as layer:
+                attn, mlp = self._modules(config, l)
+                h = self.runner.attention(layer, x, attn)
+                self.entering += [x, h]
+                x = self.runner.ffn(layer, h, mlp)
         self.parent_final = x
 
     def kl_from_hidden(self, hidden: torch.Tensor, samples: int) -> float:
@@ -73,13 +71,11 @@ class FitnessEvaluator:
         l0 = first // 2
         x = self.entering[first][:samples]
         for l in range(l0, self.layers):
-            self.runner.open(l)
-            layer = self.runner.layers[l]
-            attn, mlp = self._modules(config, l)
-            if not (l == l0 and first % 2 == 1):
-                x = self.runner.attention(layer, x, attn)
-            x = self.runner.ffn(layer, x, mlp)
-            self.runner.close(l)
+            with self.runner.opened(l) as layer:
+                attn, mlp = self._modules(config, l)
+                if not (l == l0 and first % 2 == 1):
+                    x = self.runner.attention(layer, x, attn)
+                x = self.runner.ffn(layer, x, mlp)
         return self.kl_from_hidden(x, samples)
 
     @torch.no_grad()

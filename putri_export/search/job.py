@@ -33,13 +33,12 @@ def _assemble(result: SearchResult, subs: list[SubLayer], runner: BlockRunner, f
     folder.mkdir(parents=True, exist_ok=True)
     try:
         for l in range(len(subs) // 2):
-            runner.open(l)  # variants are rebuilt from the dense block
             state = {}
-            for kind, name in (("attn", "self_attn"), ("ffn", "mlp")):
-                module = result.bank.module(kind, l, result.config[2 * l + (kind == "ffn")])
-                if module is not None:
-                    state |= {f"{name}.{k}": v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-            runner.close(l)
+            with runner.opened(l):  # variants are rebuilt from the dense block
+                for kind, name in (("attn", "self_attn"), ("ffn", "mlp")):
+                    module = result.bank.module(kind, l, result.config[2 * l + (kind == "ffn")])
+                    if module is not None:
+                        state |= {f"{name}.{k}": v for k, v in module.state_dict().items()}
             save_tensors_atomic(folder / f"block{l:05d}.safetensors", state)
     except FileNotFoundError:  # a resumed run whose last supernet was cleaned away: re-pruning only
         return None
@@ -49,14 +48,12 @@ def _assemble(result: SearchResult, subs: list[SubLayer], runner: BlockRunner, f
 def _load_assembled(runner: BlockRunner, folder: Path) -> None:
     """Replace every re-pruned block's sub-layers by the assembled ones (same widths)."""
     for l in range(len(runner.layers)):
-        runner.open(l)
-        layer = runner.layers[l]
         state = load_file(str(folder / f"block{l:05d}.safetensors"))
-        for name in ("self_attn", "mlp"):
-            part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
-            if part:
-                getattr(layer, name).load_state_dict(part)
-        runner.close(l)
+        with runner.opened(l) as layer:
+            for name in ("self_attn", "mlp"):
+                part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+                if part:
+                    getattr(layer, name).load_state_dict(part)
 
 
 def search_and_prune(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings, work_dir: Path,

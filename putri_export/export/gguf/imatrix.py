@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ...model.blocks import BlockStore
+from ...prune.scores import ChannelStats
 from ...prune.stream import BlockRunner, capture_inputs, sequential
 
 # GGUF tensor (per layer) → the HF linear whose input it multiplies (q/k/v and gate/up share theirs).
@@ -22,28 +23,12 @@ _INPUT_OF = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.q_proj", "attn_v
 _OBSERVED = sorted(set(_INPUT_OF.values()))
 
 
-class SquareMeans:
-    """Running mean of x² per column of the rows it is given (fp64 sums)."""
-
-    def __init__(self):
-        self.sum: torch.Tensor | None = None
-        self.count = 0
-
-    def add(self, rows: torch.Tensor) -> None:
-        sq = rows.double().square().sum(0)
-        self.sum = sq if self.sum is None else self.sum + sq
-        self.count += rows.shape[0]
-
-    def mean(self) -> np.ndarray:
-        return (self.sum / max(self.count, 1)).float().cpu().numpy()
-
-
 @torch.no_grad()
 def importance_matrix(model: nn.Module, ids: torch.Tensor, blocks: BlockStore | None = None, batch_size: int = 8,
                       progress: bool = True) -> dict[str, np.ndarray]:
     """HF linear name (``model.layers.{l}.self_attn.q_proj``, …, ``lm_head``) → mean x² of its input columns."""
     runner = BlockRunner(model, batch_size, blocks, save_blocks=False)
-    stats: dict[str, SquareMeans] = {}
+    stats: dict[str, ChannelStats] = {}
     hooks = ExitStack()
 
     def observe(l: int, _x: torch.Tensor) -> None:  # the block is open: hook its linears for this pass
@@ -52,19 +37,18 @@ def importance_matrix(model: nn.Module, ids: torch.Tensor, blocks: BlockStore | 
             owner, _, attr = name.partition(".")
             module = getattr(getattr(layer, owner, None), attr, None)  # absent sub-layers are None
             if module is not None:
-                acc = stats.setdefault(f"model.layers.{l}.{name}", SquareMeans())
-                hooks.enter_context(capture_inputs(module, acc.add))
+                acc = stats.setdefault(f"model.layers.{l}.{name}", ChannelStats(module.in_features))
+                hooks.enter_context(capture_inputs(module, acc.add_batch))
 
     def release(_l: int, _x_in: torch.Tensor, _x_out: torch.Tensor) -> None:
         hooks.close()
 
     hidden = sequential(runner, runner.embed(ids), attention=observe, after_block=release, desc="importance matrix",
                         progress=progress)
-    head = SquareMeans()
+    head = stats["lm_head"] = ChannelStats(hidden.shape[-1])
     for b in runner.head_batches(hidden):
-        head.add(model.model.norm(hidden[b]).reshape(-1, hidden.shape[-1]).float())
-    stats["lm_head"] = head
-    return {name: acc.mean() for name, acc in stats.items()}
+        head.add_batch(model.model.norm(hidden[b]).float())
+    return {name: acc.mean_square.float().cpu().numpy() for name, acc in stats.items()}
 
 
 def gguf_importance(by_module: dict[str, np.ndarray], tensor_names: list[str]) -> dict[str, np.ndarray]:
