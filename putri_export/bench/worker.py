@@ -66,17 +66,19 @@ class _TorchRunner:
 
 
 class _OrtRunner:
-    """The exported session and its per-layer cache layout, without the tokenizer (no transformers import)."""
+    """The exported session and its per-layer cache layout, without the tokenizer (no transformers import). An
+    in-place cache is allocated for the whole run up front, as llama.cpp's is."""
 
-    def __init__(self, path: str, threads: int):
+    def __init__(self, path: str, threads: int, n_ctx: int):
         from putri_export.runtime.ort import OrtModel
 
         self.model = OrtModel(path, n_threads=threads, tokenizer=False)
         self.vocab = self.model.spec.get("vocab_size")
+        self.n_ctx = n_ctx
         self.reset()
 
     def reset(self) -> None:
-        self.cache, self.past = self.model.empty_cache(), 0
+        self.cache, self.past = self.model.new_cache(capacity=self.n_ctx), 0
 
     def run(self, tokens: list[int]) -> int:
         logits, self.cache = self.model.step(np.array([tokens]), self.cache, self.past)
@@ -84,7 +86,9 @@ class _OrtRunner:
         return int(logits[0, -1].argmax())
 
     def kv_bytes(self) -> int:
-        return int(sum(v.nbytes for v in self.cache.values()))
+        if isinstance(self.cache, dict):
+            return int(sum(v.nbytes for v in self.cache.values()))
+        return self.cache.nbytes
 
 
 class _LlamaCppRunner:
@@ -111,9 +115,10 @@ class _LlamaCppRunner:
 def _runner(cfg: BenchConfig):
     if cfg.backend == "torch":
         return _TorchRunner(cfg.model, cfg.threads)
+    n_ctx = cfg.depth + cfg.prompt_tokens + cfg.gen_tokens
     if cfg.backend == "onnxruntime":
-        return _OrtRunner(cfg.model, cfg.threads)
-    return _LlamaCppRunner(cfg.model, cfg.threads, cfg.depth + cfg.prompt_tokens + cfg.gen_tokens + 8)
+        return _OrtRunner(cfg.model, cfg.threads, n_ctx)
+    return _LlamaCppRunner(cfg.model, cfg.threads, n_ctx + 8)
 
 
 def peak_rss_mb() -> float:

@@ -131,7 +131,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     check = ParityCheck(data=args.check_data, seq_len=args.seq_len, max_windows=args.check_windows)
     result = export_verified(model, tokenizer, resolved.path, out, args.format, args.variant,
                              verify=not args.no_verify, check=check, threads=args.threads, blocks=blocks,
-                             imatrix=imatrix)
+                             imatrix=imatrix, onnx_attention=getattr(args, "attention", "gqa"))
     for note in result.notes:
         print(f"note: {note}")
     if result.parity is not None:

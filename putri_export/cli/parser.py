@@ -100,7 +100,7 @@ def _add_run(sub) -> None:
 
 def _add_export(sub) -> None:
     from ..export import QUANTIZATIONS
-    from ..export.formats import ALL_GGUF_TYPES, LLAMA_CPP_TYPES
+    from ..export.formats import ALL_GGUF_TYPES, LLAMA_CPP_TYPES, ONNX_ATTENTIONS
 
     export = sub.add_parser("export", help="write a deployable artifact").add_subparsers(dest="format", required=True)
     for fmt, help_text, out_help, runtime, flag, choices, default in (
@@ -122,6 +122,11 @@ def _add_export(sub) -> None:
                                 f"only; {DATA_HELP}); never the text you evaluate on")
             p.add_argument("--imatrix-samples", type=int, default=32, help="importance-matrix windows (default: 32)")
             p.add_argument("--imatrix-len", type=int, default=512, help="tokens per window (default: 512)")
+        else:
+            p.add_argument("--attention", choices=ONNX_ATTENTIONS, default="gqa",
+                           help="gqa (default): com.microsoft.GroupQueryAttention, the KV cache written in place "
+                                "(ONNX Runtime, onnxruntime-genai); standard: portable ONNX ops, the cache "
+                                "concatenated every step")
         p.set_defaults(func=cmd_export)
 
 

@@ -31,13 +31,14 @@ def artifact_bytes(path: Path) -> int:
 
 def export_verified(model, tokenizer, source: Path, out: Path, fmt: str, variant: str, *, verify: bool = True,
                     check: ParityCheck | None = None, threads: int | None = None, progress: bool = True,
-                    blocks=None, imatrix: dict | None = None) -> ExportResult:
+                    blocks=None, imatrix: dict | None = None, onnx_attention: str = "gqa") -> ExportResult:
     """Write ``model`` as ``fmt`` (``gguf`` type or ONNX quantization ``variant``) under a staging name beside
     ``out``, verify it against ``model`` in its own runtime, and rename it to ``out`` only if it passed.
 
     ``source``: the HF folder ``model`` came from (tokenizer files). ``blocks``: the block store of a streamed
     ``model`` (written one block or tensor at a time and verified against a streamed reference). ``imatrix``: the
-    importance matrix llama.cpp's quantizer weighs K-/i-quant rounding with (``gguf.importance_matrix``). A failed
+    importance matrix llama.cpp's quantizer weighs K-/i-quant rounding with (``gguf.importance_matrix``).
+    ``onnx_attention``: the ONNX graph's attention (``formats.ONNX_ATTENTIONS``). A failed
     parity check returns ``written=False``; an export error raises. Either way nothing is left at ``out`` or
     beside it.
     """
@@ -66,7 +67,7 @@ def export_verified(model, tokenizer, source: Path, out: Path, fmt: str, variant
         else:
             from .onnx import write_onnx
 
-            write_onnx(model, source, tmp, variant, overwrite=True, blocks=blocks)
+            write_onnx(model, source, tmp, variant, overwrite=True, blocks=blocks, attention=onnx_attention)
         result.export_seconds = time.perf_counter() - t0
         if verify:
             result.parity = verify_artifact(tmp, source, check, threads, progress=progress,

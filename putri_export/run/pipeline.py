@@ -161,7 +161,7 @@ def _export(fmt: str, variant: str, src: Path, out: Path, recipe: Recipe) -> dic
         calib = load_calibration(tokenizer, recipe.calib, recipe.calib_samples, recipe.calib_len)
         imatrix = importance_matrix(model, calib.ids, progress=False)
     result = export_verified(model, tokenizer, src, out, fmt, variant, check=check, threads=recipe.threads,
-                             progress=False, imatrix=imatrix)
+                             progress=False, imatrix=imatrix, onnx_attention=recipe.onnx_attention)
     _say(result.parity.summary())
     if not result.written:
         raise PutriError(f"{out.name} failed its parity check: {'; '.join(result.parity.failures)}")

@@ -10,7 +10,7 @@ from ..compute import DTYPES
 from ..data import DEFAULT_CALIBRATION
 from ..errors import PutriError
 from ..export import FORMATS, QUANTIZATIONS
-from ..export.formats import ALL_GGUF_TYPES
+from ..export.formats import ALL_GGUF_TYPES, ONNX_ATTENTIONS
 from ..options import option
 from ..prune import check_sparsity
 
@@ -26,6 +26,8 @@ class Recipe:
     gguf_types: list[str] = option(["q8_0"], f"GGUF types ({', '.join(ALL_GGUF_TYPES)}; the K-/i-quants with an "
                                    "importance matrix from the calibration set)")
     onnx_quantize: list[str] = option(["none", "int8"], f"ONNX quantizations ({', '.join(QUANTIZATIONS)})")
+    onnx_attention: str = option("gqa", "ONNX attention: gqa (GroupQueryAttention, KV cache written in place) or "
+                                 "standard (portable ops, cache concatenated)", choices=ONNX_ATTENTIONS)
     calib: str = option(DEFAULT_CALIBRATION, "calibration data (comma-separated specs, split evenly)")
     calib_samples: int = option(64, "calibration windows")
     calib_len: int = option(512, "tokens per calibration window")

@@ -1,4 +1,8 @@
-"""An exported ONNX decoder run by ONNX Runtime: logits, greedy decoding with the per-layer KV cache."""
+"""An exported ONNX decoder run by ONNX Runtime: logits, greedy decoding with the per-layer KV cache.
+
+A GroupQueryAttention graph (``"kv_cache": "in-place"`` in its layout) runs with IO binding: each layer's cache is
+one preallocated buffer bound as both its past input and its present output, so a step writes the new keys and
+values in place (:class:`InPlaceCache`). A graph of standard ops returns the grown cache every step."""
 
 from __future__ import annotations
 
@@ -61,6 +65,38 @@ def check_onnx_folder(folder: Path) -> dict:
     return spec
 
 
+class InPlaceCache:
+    """Per-layer cache buffers [batch, K_l, capacity, head_dim] shared with ONNX Runtime (``OrtValue``s over the
+    numpy arrays, no copy); grown by doubling when a step needs more room than ``capacity``."""
+
+    def __init__(self, kv_heads: dict[int, int], head_dim: int, batch: int = 1, capacity: int = 256):
+        self.shapes = {f"past_key_values.{l}.{kv}": (batch, k, head_dim) for l, k in kv_heads.items()
+                       for kv in ("key", "value")}
+        self.capacity = 0
+        self.arrays: dict[str, np.ndarray] = {}
+        self.values: dict = {}
+        self.reserve(capacity)
+
+    def reserve(self, capacity: int) -> None:
+        """Room for at least ``capacity`` positions; positions already written are kept."""
+        import onnxruntime as ort
+
+        if capacity <= self.capacity:
+            return
+        capacity = max(capacity, 2 * self.capacity)
+        for name, (batch, heads, dim) in self.shapes.items():
+            grown = np.zeros((batch, heads, capacity, dim), np.float32)
+            if name in self.arrays:
+                grown[:, :, : self.capacity] = self.arrays[name]
+            self.arrays[name] = grown
+            self.values[name] = ort.OrtValue.ortvalue_from_numpy(grown)
+        self.capacity = capacity
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.arrays.values()))
+
+
 class OrtModel:
     """``tokenizer=False``: the session alone (no transformers import), as in a runtime child process."""
 
@@ -82,33 +118,55 @@ class OrtModel:
 
             self.tokenizer = load_tokenizer(self.folder)
         self.kv_heads = {l: self.spec["num_key_value_heads_per_layer"][l] for l in self.spec["cache_layers"]}
+        self.in_place = self.spec.get("kv_cache") == "in-place"
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def empty_cache(self, batch: int = 1) -> dict[str, np.ndarray]:
+        """Zero-length cache inputs for ``session.run`` (either graph: GroupQueryAttention then appends)."""
         d = self.spec["head_dim"]
         return {f"past_key_values.{l}.{kv}": np.zeros((batch, k, 0, d), np.float32)
                 for l, k in self.kv_heads.items() for kv in ("key", "value")}
 
-    def step(self, tokens: np.ndarray, cache: dict[str, np.ndarray], past_len: int):
-        """Run new tokens [B, T] after ``past_len`` cached ones; returns logits and the grown cache."""
+    def new_cache(self, batch: int = 1, capacity: int = 256) -> InPlaceCache | dict[str, np.ndarray]:
+        """The cache :meth:`step` takes: in-place buffers for ``capacity`` positions, or empty cache inputs."""
+        if self.in_place:
+            return InPlaceCache(self.kv_heads, self.spec["head_dim"], batch, capacity)
+        return self.empty_cache(batch)
+
+    def step(self, tokens: np.ndarray, cache: InPlaceCache | dict[str, np.ndarray], past_len: int):
+        """Run new tokens [B, T] after ``past_len`` cached ones; returns logits and the cache after the step
+        (the same in-place buffers, or the grown cache outputs)."""
         batch, new = tokens.shape
         feeds = {"input_ids": tokens.astype(np.int64),
                  "attention_mask": np.ones((batch, past_len + new), np.int64),
-                 "position_ids": np.broadcast_to(np.arange(past_len, past_len + new), (batch, new)).astype(np.int64),
-                 **cache}
-        outputs = self.session.run(None, feeds)
+                 "position_ids": np.broadcast_to(np.arange(past_len, past_len + new), (batch, new)).astype(np.int64)}
+        if isinstance(cache, InPlaceCache):
+            return self._step_in_place(feeds, cache, past_len + new), cache
+        outputs = self.session.run(None, {**feeds, **cache})
         names = self.spec["outputs"]
         present = {n.replace("present.", "past_key_values."): v for n, v in zip(names[1:], outputs[1:])}
         return outputs[0], present
 
+    def _step_in_place(self, feeds: dict[str, np.ndarray], cache: InPlaceCache, length: int) -> np.ndarray:
+        cache.reserve(length)
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        binding.bind_output("logits")  # the first output bound
+        for name, value in cache.values.items():
+            binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output(name.replace("past_key_values.", "present."), value)
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()  # (copy_outputs_to_cpu would copy the whole cache too)
+
     def logits(self, tokens: list[int]) -> np.ndarray:
-        out, _ = self.step(np.array([tokens]), self.empty_cache(), 0)
+        out, _ = self.step(np.array([tokens]), self.new_cache(capacity=len(tokens)), 0)
         return out[0]
 
     def greedy(self, prompt: list[int], new_tokens: int) -> tuple[list[int], np.ndarray]:
-        logits, cache = self.step(np.array([prompt]), self.empty_cache(), 0)
+        logits, cache = self.step(np.array([prompt]), self.new_cache(capacity=len(prompt) + new_tokens), 0)
         last = logits[0, -1]
         out, steps = [], []
         for i in range(new_tokens):

@@ -37,14 +37,17 @@ def exported(tmp_path_factory, stories_dir):
         for quantization in ("none", "int8", "int4"):
             files[quantization] = root / f"{name}-{quantization}"
             write_onnx(model, folder, files[quantization], quantization)
+        files["standard"] = root / f"{name}-standard"  # portable ops, the cache concatenated (fp32)
+        write_onnx(model, folder, files["standard"], attention="standard")
         out[name] = (folder, files)
     return out
 
 
+@pytest.mark.parametrize("attention", ["none", "standard"])
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_fp32_full_sequence_and_cached_decode_match(exported, name):
+def test_fp32_full_sequence_and_cached_decode_match(exported, name, attention):
     folder, files = exported[name]
-    report = verify_artifact(files["none"], folder, ParityCheck(data="tinystories", max_windows=2), progress=False)
+    report = verify_artifact(files[attention], folder, ParityCheck(data="tinystories", max_windows=2), progress=False)
     assert report.tokens_compared >= 256
     assert report.max_abs_logit_diff <= 1e-4 * report.max_abs_logit, report.summary()
     assert report.decode_steps == 32 and report.decode_max_abs_logit_diff <= 1e-4 * report.max_abs_logit
@@ -101,6 +104,74 @@ def test_onnxruntime_genai_generates_the_greedy_tokens_of_pytorch(exported, quan
     tokens = og.Tokenizer(runtime).encode("Once upon a time, there was a little")
     # it reads the folder's tokenizer files (and, unlike HF's, adds no BOS)
     assert [int(t) for t in tokens] == tok("Once upon a time, there was a little", add_special_tokens=False).input_ids
+
+
+def test_each_attention_layer_is_one_group_query_attention_node_at_its_own_widths(exported):
+    import onnx
+
+    folder, files = exported["mixed"]
+    model, _ = load_model(folder)
+    graph = onnx.load(str(files["none"] / "model.onnx"), load_external_data=False).graph
+    nodes = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    attrs = [{a.name: a.i for a in n.attribute if a.type == onnx.AttributeProto.INT} for n in nodes]
+    c = model.config
+    assert [(a["num_heads"], a["kv_num_heads"]) for a in attrs] == [
+        (c.num_attention_heads_per_layer[l], c.num_key_value_heads_per_layer[l]) for l in (1, 2, 3)]
+    assert all(n.domain == "com.microsoft" for n in nodes)
+    # the cache is never concatenated: each present is the node's own output
+    assert not any(n.op_type == "Concat" and any(i.startswith("past_key_values") for i in n.input) for n in graph.node)
+    standard = onnx.load(str(files["standard"] / "model.onnx"), load_external_data=False).graph
+    assert not any(n.op_type == "GroupQueryAttention" for n in standard.node)
+    spec = json.loads((files["none"] / "putri_onnx.json").read_text())
+    genai = json.loads((files["none"] / "genai_config.json").read_text())
+    assert spec["kv_cache"] == "in-place" and genai["search"]["past_present_share_buffer"] is True
+    assert json.loads((files["standard"] / "genai_config.json").read_text())["search"][
+        "past_present_share_buffer"] is False
+
+
+def test_in_place_cache_is_written_in_the_bound_buffers_and_grows(exported, tinystories_ids):
+    """Decoding with buffers bound as past and present (starting too small, so they grow) leaves exactly the keys
+    and values the concatenating graph returns, and the same logits."""
+    from putri_export.runtime.ort import InPlaceCache
+
+    _, files = exported["mixed"]
+    in_place, standard = OrtModel(files["none"], tokenizer=False), OrtModel(files["standard"], tokenizer=False)
+    ids = tinystories_ids[:40].numpy()[None]
+    cache, grown = in_place.new_cache(capacity=8), standard.new_cache()
+    assert isinstance(cache, InPlaceCache) and isinstance(grown, dict)
+    buffer = cache.arrays["past_key_values.1.key"]
+    a, cache = in_place.step(ids[:, :7], cache, 0)
+    b, grown = standard.step(ids[:, :7], grown, 0)
+    assert cache.arrays["past_key_values.1.key"] is buffer  # written in place, not replaced
+    for t in range(7, 40):
+        a, cache = in_place.step(ids[:, t:t + 1], cache, t)
+        b, grown = standard.step(ids[:, t:t + 1], grown, t)
+        np.testing.assert_allclose(a, b, atol=1e-5 * np.abs(b).max())
+    assert cache.capacity >= 40
+    for name, value in grown.items():
+        np.testing.assert_allclose(cache.arrays[name][:, :, :40], value, atol=1e-5)
+
+
+def test_the_traced_attention_function_computes_the_models_attention(exported, tinystories_ids):
+    """The reference implementation of the custom op the graph is traced through (cache written at seqlens_k, causal
+    over the valid positions) gives the model's own logits: the op means what the contrib op computes."""
+    from putri_export.export.onnx import _example_inputs, _InPlaceCacheDecoder
+    from putri_export.export.onnx.attention import ATTENTION_NAME
+
+    folder, _ = exported["mixed"]
+    model, _ = load_model(folder)
+    ids = tinystories_ids[:24][None]
+    with torch.no_grad():
+        expected = model(ids).logits
+        model.config._attn_implementation = ATTENTION_NAME
+        kv = [(torch.zeros(1, k.shape[1], 32, k.shape[3]), torch.zeros(1, v.shape[1], 32, v.shape[3]))
+              for k, v in _example_inputs(model)[3]]
+        decoder = _InPlaceCacheDecoder(model)
+        first = decoder(ids[:, :16], torch.ones(1, 16, dtype=torch.long), torch.arange(16)[None], kv)
+        kv = list(zip(first[1::2], first[2::2]))
+        second = decoder(ids[:, 16:], torch.ones(1, 24, dtype=torch.long), torch.arange(16, 24)[None], kv)
+    torch.testing.assert_close(first[0], expected[:, :16], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(second[0], expected[:, 16:], atol=1e-5, rtol=1e-5)
 
 
 def test_cache_inputs_follow_per_layer_kv_heads(exported):

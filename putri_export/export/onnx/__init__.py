@@ -23,12 +23,13 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from ..atomic import staged
-from ..errors import PutriError
-from ..model import PutriForCausalLM
-from ..model.blocks import LAYER_PREFIX, BlockStore
-from ..runtime.ort import LAYOUT_FILE
-from .formats import QUANTIZATIONS
+from ...atomic import staged
+from ...errors import PutriError
+from ...model import PutriForCausalLM
+from ...model.blocks import LAYER_PREFIX, BlockStore
+from ...runtime.ort import LAYOUT_FILE
+from ..formats import ONNX_ATTENTIONS, QUANTIZATIONS
+from .attention import ATTENTION_NAME, CacheBuffers, translations
 
 MODEL_FILE = "model.onnx"
 GENAI_CONFIG = "genai_config.json"
@@ -60,6 +61,20 @@ class _CachedDecoder(nn.Module):
         return (out.logits, *present)
 
 
+class _InPlaceCacheDecoder(_CachedDecoder):
+    """Each layer's cache buffer in and out of a GroupQueryAttention node (:mod:`.attention`); the model runs with
+    that attention function and no transformers cache."""
+
+    def forward(self, input_ids, attention_mask, position_ids, past):
+        buffers = CacheBuffers(dict(zip(self.layers, past)), attention_mask)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=False, cache_buffers=buffers)
+        present = []
+        for layer in self.layers:
+            present += buffers.present[layer]
+        return (out.logits, *present)
+
+
 class _DecoderWithoutCache(_CachedDecoder):
     """A model without attention layers has no cache inputs (the mask and positions are still taken, unused)."""
 
@@ -81,11 +96,12 @@ def _example_inputs(model: PutriForCausalLM):
     return ids, mask, pos, kv
 
 
-def layout(model: PutriForCausalLM, quantization: str) -> dict:
+def layout(model: PutriForCausalLM, quantization: str, attention: str = "gqa") -> dict:
     c = model.config
     layers = attention_layers(model)
     return {
-        "format": "putri-export onnx decoder v1",
+        "format": "putri-export onnx decoder v2",
+        "attention": attention,
         "model_type": c.model_type,
         "model_file": MODEL_FILE,
         "quantization": quantization,
@@ -101,22 +117,29 @@ def layout(model: PutriForCausalLM, quantization: str) -> dict:
         + [f"past_key_values.{l}.{kv}" for l in layers for kv in ("key", "value")],
         "outputs": ["logits"] + [f"present.{l}.{kv}" for l in layers for kv in ("key", "value")],
         "kv_dtype": "float32",
-        "padding_side": "any (attention_mask is honoured; position_ids must skip padding)",
+        "padding_side": ("right (GroupQueryAttention takes each row's length from attention_mask)" if attention == "gqa"
+                         else "any (attention_mask is honoured; position_ids must skip padding)"),
+        # gqa: past_key_values.{l}.* [batch, K_l, capacity, head_dim] bound to the same buffer as present.{l}.*;
+        # attention_mask's width is the length after the step
+        "kv_cache": "in-place" if attention == "gqa" else "concatenated",
     }
 
 
 def write_onnx(model: PutriForCausalLM, tokenizer_dir: Path, out: Path, quantization: str = "none",
-               opset: int = 23, overwrite: bool = False, blocks: BlockStore | None = None) -> dict:
+               opset: int = 23, overwrite: bool = False, blocks: BlockStore | None = None,
+               attention: str = "gqa") -> dict:
     """Export to the folder ``out`` (temp folder + rename: nothing partial is left behind).
 
     ``blocks``: a streamed model's block store; its weights are read one tensor at a time while the file is
     written (the int8/int4 quantizers then load the fp32 graph whole)."""
     if quantization not in QUANTIZATIONS:
         raise PutriError(f"unknown --quantize {quantization!r}: choose one of {', '.join(QUANTIZATIONS)}")
+    if attention not in ONNX_ATTENTIONS:
+        raise PutriError(f"unknown --attention {attention!r}: choose one of {', '.join(ONNX_ATTENTIONS)}")
     out = Path(out)
     if out.exists() and not overwrite:
         raise PutriError(f"{out} exists; pass --overwrite to replace it")
-    spec = layout(model, quantization)
+    spec = layout(model, quantization, attention)
     with staged(out, make_dir=True) as tmp:
         _export_graph(model, tmp / ("fp32.onnx" if quantization != "none" else MODEL_FILE), spec, opset,
                       _weight_reader(model, blocks))
@@ -135,8 +158,9 @@ def write_onnx(model: PutriForCausalLM, tokenizer_dir: Path, out: Path, quantiza
 
 def genai_config(model: PutriForCausalLM, spec: dict) -> dict:
     """onnxruntime-genai's description of the exported decoder (the fields its model builder writes), greedy by
-    default. The cache is concatenated in the graph, so past and present are separate buffers."""
-    from ..model.families import family_of
+    default. A GroupQueryAttention graph shares one buffer between each layer's past and present (genai allocates it
+    for ``max_length``); a graph of standard ops concatenates, so past and present are separate buffers."""
+    from ...model.families import family_of
 
     c = model.config
     generation = getattr(model, "generation_config", None)
@@ -167,7 +191,8 @@ def genai_config(model: PutriForCausalLM, spec: dict) -> dict:
         },
         "search": {"diversity_penalty": 0.0, "do_sample": False, "early_stopping": True, "length_penalty": 1.0,
                    "max_length": c.max_position_embeddings, "min_length": 0, "no_repeat_ngram_size": 0,
-                   "num_beams": 1, "num_return_sequences": 1, "past_present_share_buffer": False,
+                   "num_beams": 1, "num_return_sequences": 1,
+                   "past_present_share_buffer": spec["kv_cache"] == "in-place",
                    "repetition_penalty": 1.0, "temperature": 1.0, "top_k": 1, "top_p": 1.0},
     }
 
@@ -268,19 +293,22 @@ def _export_graph(model: PutriForCausalLM, path: Path, spec: dict, opset: int,
 
     with FakeTensorMode(allow_non_fake_inputs=True):
         fake = type(model)(copy.deepcopy(model.config)).eval()
-    layers = spec["cache_layers"]
+    layers, in_place = spec["cache_layers"], spec["attention"] == "gqa"
+    if in_place:
+        fake.config._attn_implementation = ATTENTION_NAME
     batch, seq, total, past = (torch.export.Dim(n) for n in ("batch", "seq", "total", "past"))
     dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: total},
                "position_ids": {0: batch, 1: seq}, "past": tuple(({0: batch, 2: past}, {0: batch, 2: past})
                                                                  for _ in layers)}
-    decoder, inputs = _CachedDecoder(fake).eval(), _example_inputs(model)
+    decoder = (_InPlaceCacheDecoder if in_place else _CachedDecoder)(fake).eval()
+    inputs = _example_inputs(model)
     if not layers:  # no attention anywhere: torch.export cannot match an empty tuple input, so leave it out
         decoder, inputs = _DecoderWithoutCache(fake).eval(), inputs[:3]
         del dynamic["past"]
     with torch.no_grad():
         program = torch.onnx.export(decoder, inputs, dynamo=True, optimize=False, dynamic_shapes=dynamic,
                                     input_names=spec["inputs"], output_names=spec["outputs"], opset_version=opset,
-                                    verbose=False)
+                                    custom_translation_table=translations() if in_place else None, verbose=False)
     # The optimizer folds only small constants, but it reads (and keeps) every initializer it is given: the large
     # ones are attached after it ran, so that each is read once, when the file is written.
     graph = program.model.graph
