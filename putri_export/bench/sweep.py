@@ -7,7 +7,9 @@ first token = that prefill plus picking the first token), decode ``gen_tokens`` 
 ids are a fixed pseudo-random sequence: speed does not depend on the text, and no data set is needed on a
 device. The first model is the reference (the dense parent); every other model is compared with it per depth:
 measured decode speed-up beside the bytes-ratio limit, bytes(reference weights) / bytes(model weights), the
-ideal speed-up of memory-bound CPU decoding. Outputs: JSON, CSV, Markdown, PNG.
+ideal speed-up of memory-bound CPU decoding, and the depth-aware limit, which adds the KV cache each decoded token
+reads (bytes per token × the mean cache length while decoding). Each model's decode speed at a depth is also given
+as a fraction of its depth-0 speed. Outputs: JSON, CSV, Markdown, PNG.
 """
 
 from __future__ import annotations
@@ -121,14 +123,32 @@ def _compare(report: dict) -> list[dict]:
             if not a or not b:
                 continue
             limit = ref["weight_bytes"] / m["weight_bytes"]
+            cached = mean_cache_length(report, d)
+            depth_limit = ((ref["weight_bytes"] + ref["kv_bytes_per_token"] * cached)
+                           / (m["weight_bytes"] + m["kv_bytes_per_token"] * cached))
             speedup = b["decode_tps"]["median"] / a["decode_tps"]["median"] if a["decode_tps"]["median"] else None
             rows.append({"model": m["model"], "reference": ref["model"], "depth": d,
                          "decode_speedup": speedup,
                          "prefill_speedup": b["prefill_tps"]["median"] / a["prefill_tps"]["median"],
                          "bytes_ratio_limit": limit,
                          "speedup_over_limit": speedup / limit if speedup else None,
+                         "depth_bytes_limit": depth_limit,
+                         "speedup_over_depth_limit": speedup / depth_limit if speedup else None,
                          "rss_ratio": b["peak_rss_mb"] / a["peak_rss_mb"]})
     return rows
+
+
+def mean_cache_length(report: dict, depth: int) -> float:
+    """Cached positions each decoded token attends to, on average: the depth, the prompt, half the decoded."""
+    return depth + report["prompt_tokens"] + report["gen_tokens"] / 2
+
+
+def depth_retention(report: dict, result: dict) -> float | None:
+    """Decode speed at ``result``'s depth ÷ the same model's at depth 0 (None without a depth-0 run)."""
+    base = next((r for r in report["results"] if r["model"] == result["model"] and r["depth"] == 0), None)
+    if base is None or not base["decode_tps"]["median"]:
+        return None
+    return result["decode_tps"]["median"] / base["decode_tps"]["median"]
 
 
 def write_outputs(report: dict, out: Path) -> None:
@@ -159,23 +179,26 @@ def markdown(report: dict) -> str:
              f"prompt {report['prompt_tokens']} tokens, {report['gen_tokens']} generated, {report['repeats']} "
              f"repeats after 1 warm-up, each configuration in a fresh process. Medians ± sd.", "",
              *([f"Command: `{report['command']}`", ""] if report.get("command") else []),
-             "| model | file MB | KV B/token | depth | TTFT s | prefill tok/s | decode tok/s | peak RSS MB | load s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | file MB | KV B/token | depth | TTFT s | prefill tok/s | decode tok/s | decode ÷ depth 0 | "
+             "peak RSS MB | load s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     models = {m["model"]: m for m in report["models"]}
     for r in report["results"]:
         m = models[r["model"]]
+        retained = depth_retention(report, r)
         lines.append(f"| {Path(r['model']).name} | {m['file_bytes'] / 1e6:.1f} | {m['kv_bytes_per_token']:,} | "
                      f"{r['depth']} | {r['ttft_s']['median']:.4f} | {r['prefill_tps']['median']:.1f} ± "
                      f"{r['prefill_tps']['sd']:.1f} | {r['decode_tps']['median']:.1f} ± {r['decode_tps']['sd']:.1f} | "
-                     f"{r['peak_rss_mb']:.0f} | {r['load_s']:.2f} |")
+                     f"{'' if retained is None else f'{retained:.2f}'} | {r['peak_rss_mb']:.0f} | {r['load_s']:.2f} |")
     if report["comparison"]:
         lines += ["", "Versus the first model (same run):", "",
-                  "| model | depth | decode speed-up | bytes-ratio limit | speed-up / limit | prefill speed-up | "
-                  "RSS ratio |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| model | depth | decode speed-up | bytes-ratio limit | speed-up / limit | depth-aware limit "
+                  "(weights + KV) | speed-up / depth-aware limit | prefill speed-up | RSS ratio |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for c in report["comparison"]:
             lines.append(f"| {Path(c['model']).name} | {c['depth']} | {c['decode_speedup']:.2f}× | "
                          f"{c['bytes_ratio_limit']:.2f}× | {c['speedup_over_limit']:.2f} | "
+                         f"{c['depth_bytes_limit']:.2f}× | {c['speedup_over_depth_limit']:.2f} | "
                          f"{c['prefill_speedup']:.2f}× | {c['rss_ratio']:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -206,6 +229,8 @@ def plot(report: dict, out: Path) -> None:
                          label=f"{Path(name).name} measured")
             axes[2].plot([c["depth"] for c in rows], [c["bytes_ratio_limit"] for c in rows], ls="--",
                          label=f"{Path(name).name} bytes-ratio limit")
+            axes[2].plot([c["depth"] for c in rows], [c["depth_bytes_limit"] for c in rows], ls=":",
+                         label=f"{Path(name).name} depth-aware limit")
     axes[2].set(xlabel="context depth (tokens)", ylabel="decode speed-up vs first model", title="speed-up vs limit")
     for ax in axes:
         ax.grid(alpha=0.3)

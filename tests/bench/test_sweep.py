@@ -56,11 +56,17 @@ def test_every_backend_writes_json_csv_markdown_png(artifacts, tmp_path, backend
     assert sliced["kv_bytes_per_token"] < dense["kv_bytes_per_token"]
     assert [c["depth"] for c in saved["comparison"]] == [0, 32]
     assert all(c["bytes_ratio_limit"] > 1 for c in saved["comparison"])
+    for c in saved["comparison"]:  # weights + the KV cache read per decoded token (mean length 16 + 2 + depth)
+        cached = c["depth"] + 16 + 2
+        assert c["depth_bytes_limit"] == pytest.approx(
+            (dense["weight_bytes"] + dense["kv_bytes_per_token"] * cached)
+            / (sliced["weight_bytes"] + sliced["kv_bytes_per_token"] * cached))
     with open(out / "bench.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and rows[0]["backend"] == backend
     assert (out / "bench.png").stat().st_size > 1000
-    assert "bytes-ratio limit" in (out / "bench.md").read_text()
+    table = (out / "bench.md").read_text()
+    assert "bytes-ratio limit" in table and "depth-aware limit" in table
     merged = merge([out / "bench.json", out / "bench.json"], tmp_path / "merged.md")
     assert merged.read_text().count("## Benchmark:") == 2
     assert report["results"] == saved["results"]

@@ -30,6 +30,7 @@ from ...model.blocks import LAYER_PREFIX, BlockStore
 from ...runtime.ort import LAYOUT_FILE
 from ..formats import ONNX_ATTENTIONS, QUANTIZATIONS
 from .attention import ATTENTION_NAME, CacheBuffers, translations
+from .quantize import quantize_weights
 
 MODEL_FILE = "model.onnx"
 GENAI_CONFIG = "genai_config.json"
@@ -144,7 +145,7 @@ def write_onnx(model: PutriForCausalLM, tokenizer_dir: Path, out: Path, quantiza
         _export_graph(model, tmp / ("fp32.onnx" if quantization != "none" else MODEL_FILE), spec, opset,
                       _weight_reader(model, blocks))
         if quantization in ("int8", "int4"):
-            _quantize_weights(tmp / "fp32.onnx", tmp / MODEL_FILE, bits=int(quantization[3:]))
+            quantize_weights(tmp / "fp32.onnx", tmp / MODEL_FILE, bits=int(quantization[3:]))
         if quantization != "none":
             for f in tmp.glob("fp32.onnx*"):
                 f.unlink()
@@ -195,40 +196,6 @@ def genai_config(model: PutriForCausalLM, spec: dict) -> dict:
                    "past_present_share_buffer": spec["kv_cache"] == "in-place",
                    "repetition_penalty": 1.0, "temperature": 1.0, "top_k": 1, "top_p": 1.0},
     }
-
-
-NBITS_BLOCK = 32
-ACCURACY_LEVEL = 4  # MatMulNBits computes with int8-quantized activation blocks: the CPU kernel's fast path
-
-
-def _quantize_weights(src: Path, dst: Path, bits: int) -> None:
-    """Weight-only quantization of every MatMul weight to onnxruntime's MatMulNBits, blocks of 32 along K.
-
-    8 bits: round-to-nearest, symmetric. 4 bits: HQQ (asymmetric, fitted scales and zero points; no
-    calibration data). Activations are never quantized per tensor: SmolLM2's outlier channels made
-    ``quantize_dynamic``'s per-tensor uint8 activations cost +60% perplexity (MatMulNBits int8: +1%).
-    """
-    import logging
-
-    import onnx
-    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
-
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    model = onnx.load(str(src))
-    if bits == 8:
-        config = nbits.DefaultWeightOnlyQuantConfig(block_size=NBITS_BLOCK, is_symmetric=True, bits=8,
-                                                    accuracy_level=ACCURACY_LEVEL)
-    else:
-        config = nbits.HQQWeightOnlyQuantConfig(block_size=NBITS_BLOCK, bits=4)
-    quantizer = nbits.MatMulNBitsQuantizer(model, algo_config=config)
-    quantizer.process()
-    graph = quantizer.model.model.graph
-    for node in graph.node:  # HQQ leaves accuracy_level unset (fp32 compute): ask for the int8 kernel too
-        if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
-            node.attribute.append(onnx.helper.make_attribute("accuracy_level", ACCURACY_LEVEL))
-    quantizer.model.save_model_to_file(str(dst), use_external_data_format=True)
-    for f in dst.parent.glob(dst.name + "*"):
-        f.chmod(0o644)  # the quantizer writes its data file owner-only
 
 
 # onnxscript's optimizer folds constants of at most this many elements (its input_size_limit default)
