@@ -36,7 +36,8 @@ def gguf_file_type(type_name: str) -> gguf.LlamaFileType:
     """``general.file_type`` of a GGUF of our type ``type_name``."""
     return GGUF_TYPES[type_name][1] if type_name in GGUF_TYPES else LLAMA_CPP_TYPES[type_name]
 
-QUANTIZATIONS = ("none", "int8", "int4")  # ONNX: fp32, or weight-only MatMulNBits with 8 / 4 bits
+# ONNX: fp32, or weight-only MatMulNBits with 8 / 4 bits (both symmetric round to nearest, int8 compute)
+QUANTIZATIONS = ("none", "int8", "int4")
 # ONNX attention: "gqa" = com.microsoft.GroupQueryAttention per layer, KV cache written in place in a buffer bound as
 # both past and present (ONNX Runtime, onnxruntime-genai); "standard" = portable ONNX ops, the cache concatenated
 # and returned whole every step.

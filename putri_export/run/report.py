@@ -8,6 +8,17 @@ from pathlib import Path
 from ..model import Widths
 
 # Greedy decoding with the exported per-layer KV cache using onnxruntime and the tokenizer only (tested).
+GENAI_SNIPPET = """import onnxruntime_genai as og
+model = og.Model('{onnx}')  # reads genai_config.json; the KV cache is written in place
+tok = og.Tokenizer(model)
+params = og.GeneratorParams(model)
+params.set_search_options(max_length=64)
+generator = og.Generator(model, params)
+generator.append_tokens(tok.encode('Once upon a time'))
+while not generator.is_done():
+    generator.generate_next_token()
+print(tok.decode(generator.get_sequence(0)))
+"""
 ORT_SNIPPET = """import json, numpy as np, onnxruntime as ort
 from transformers import AutoTokenizer
 d = '{onnx}'
@@ -116,9 +127,12 @@ def _serving(report: dict) -> list[str]:
                   "`--no-repack` (`-nr`): their AMX kernels crash on quantized GGUFs (llama.cpp issue 20824). "
                   "`putri-export serve` applies this itself."]
     if onnx:
-        lines += ["", "ONNX Runtime alone (no putri-export needed; `putri_onnx.json` gives each layer's cache shape, "
-                  "and `putri_export.runtime.ort.OrtModel` wraps the same loop):", "", "```python",
-                  *ORT_SNIPPET.format(onnx=onnx).splitlines(), "```"]
+        lines += ["", "onnxruntime-genai (`pip install onnxruntime-genai`):", "", "```python",
+                  *GENAI_SNIPPET.format(onnx=onnx).splitlines(), "```",
+                  "", "ONNX Runtime alone (no putri-export needed; `putri_onnx.json` gives each layer's cache shape; "
+                  "this loop passes the grown cache back, while `putri_export.runtime.ort.OrtModel` binds one buffer "
+                  "per layer as both past and present, so GroupQueryAttention writes the cache in place):", "",
+                  "```python", *ORT_SNIPPET.format(onnx=onnx).splitlines(), "```"]
     return [*lines, ""]
 
 

@@ -208,6 +208,9 @@ def test_int8_is_weight_only_matmulnbits_within_3_percent(exported, name):
     graph = onnx.load(str(files["int8"] / "model.onnx"), load_external_data=False).graph
     nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
     assert nbits and all(next(a.i for a in n.attribute if a.name == "bits") == 8 for n in nbits)
+    # every weight matmul, the tied output projection included (given its own transposed weight)
+    assert not any(n.op_type in ("MatMul", "Transpose") and "lm_head" in " ".join(n.input) for n in graph.node)
+    assert any("lm_head" in " ".join(n.input) for n in nbits)
     assert not any(n.op_type in ("DynamicQuantizeLinear", "MatMulInteger") for n in graph.node)
     report = verify_artifact(files["int8"], folder, ParityCheck(data="tinystories", max_windows=4), progress=False)
     assert abs(report.ppl_rel_diff) <= 0.03, report.summary()
@@ -219,8 +222,13 @@ def test_int4_is_matmulnbits_within_15_percent(exported, name):
 
     folder, files = exported[name]
     graph = onnx.load(str(files["int4"] / "model.onnx"), load_external_data=False).graph
-    ops = {n.op_type for n in graph.node}
-    assert "MatMulNBits" in ops
+    bits = {n.input[1]: next(a.i for a in n.attribute if a.name == "bits") for n in graph.node
+            if n.op_type == "MatMulNBits"}
+    assert not any(n.op_type == "MatMul" and n.input[1] not in bits for n in graph.node if len(n.input) > 1
+                   and any(i.name == n.input[1] for i in graph.initializer))
+    # the output projection stays in 8 bits (as llama.cpp keeps output.weight in Q6_K), the rest in 4
+    assert [b for name, b in bits.items() if "lm_head" in name] == [8]
+    assert {b for name, b in bits.items() if "lm_head" not in name} == {4}
     report = verify_artifact(files["int4"], folder, ParityCheck(data="tinystories", max_windows=4), progress=False)
     # stories260K (64 wide, blocks of 32 cover half a row) is a worst case for 4-bit: measured +13% dense.
     # The random "mixed" slice is a broken model (ppl ~490) where 4-bit noise is amplified: measured +29%;

@@ -30,7 +30,7 @@ from ...model.blocks import LAYER_PREFIX, BlockStore
 from ...runtime.ort import LAYOUT_FILE
 from ..formats import ONNX_ATTENTIONS, QUANTIZATIONS
 from .attention import ATTENTION_NAME, CacheBuffers, translations
-from .quantize import quantize_weights
+from .quantize import DEFAULT_INT4_METHOD, quantize_weights
 
 MODEL_FILE = "model.onnx"
 GENAI_CONFIG = "genai_config.json"
@@ -106,6 +106,7 @@ def layout(model: PutriForCausalLM, quantization: str, attention: str = "gqa") -
         "model_type": c.model_type,
         "model_file": MODEL_FILE,
         "quantization": quantization,
+        "int4_method": DEFAULT_INT4_METHOD if quantization == "int4" else None,
         "num_hidden_layers": c.num_hidden_layers,
         "head_dim": c.head_dim,
         "vocab_size": c.vocab_size,

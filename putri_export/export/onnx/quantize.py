@@ -1,8 +1,12 @@
 """Weight-only quantization of an exported ONNX decoder with onnxruntime's own quantizers (MatMulNBits).
 
 Every MatMul weight becomes a MatMulNBits node, blocks of 32 along K, computed by the CPU kernel's int8 path
-(``accuracy_level`` 4). Activations are never quantized per tensor: SmolLM2's outlier channels made
-``quantize_dynamic``'s per-tensor uint8 activations cost +60% perplexity (MatMulNBits int8: +1%).
+(``accuracy_level`` 4). A tied output projection (``MatMul(h, Transpose(embedding))``, SmolLM2 and Llama-3.2) is
+first given its own transposed weight so that it is quantized too: it is the largest matrix read per decoded token
+(SmolLM2: 113 MB in fp32, a fifth of the parameters), and kept in 8 bits when the rest is in 4 (as llama.cpp keeps
+``output.weight`` in Q6_K in its 4-bit types). The embedding lookup stays fp32 (one row per token).
+Activations are never quantized per tensor: SmolLM2's outlier channels made ``quantize_dynamic``'s per-tensor uint8
+activations cost +60% perplexity (MatMulNBits int8: +1%).
 """
 
 from __future__ import annotations
@@ -14,14 +18,17 @@ NBITS_BLOCK = 32
 ACCURACY_LEVEL = 4  # MatMulNBits computes with int8-quantized activation blocks: the CPU kernel's fast path
 
 # How 4-bit weights are rounded. Integer zero points (or none) keep MatMulNBits on its fast int8 kernel; HQQ's
-# fitted float zero points do not (it decoded 4x slower than int8 on SmolLM2).
+# fitted float zero points do not (it decoded 8x slower than int8 on SmolLM2). On stories260K (fp32 weights), 16 × 512
+# TinyStories windows vs PyTorch: rtn +10.1%, rtn-asym +9.9%, k-quant +10.0%, hqq +8.6% perplexity; SmolLM2's
+# weights are themselves Q4_1-dequantized, a grid HQQ's float zero points reproduce exactly, so it is no judge.
+# tools/onnx_int4.py writes every method for comparison.
 INT4_METHODS = {
     "rtn": "round to nearest, symmetric (no zero points)",
     "rtn-asym": "round to nearest, min/max with 4-bit integer zero points",
     "k-quant": "llama.cpp-style search of each block's scale and integer zero point (onnxruntime's k_quant)",
     "hqq": "HQQ: fitted scales and float zero points (slow kernel)",
 }
-DEFAULT_INT4_METHOD = "k-quant"
+DEFAULT_INT4_METHOD = "rtn"  # symmetric: no zero points to store or subtract
 
 
 def _config(bits: int, method: str):
@@ -37,23 +44,63 @@ def _config(bits: int, method: str):
     raise ValueError(f"unknown int4 method {method!r}: choose one of {', '.join(INT4_METHODS)}")
 
 
+def untie_output_projection(model) -> list[str]:
+    """Give every ``MatMul(x, Transpose(W))`` with an initializer ``W`` its own transposed initializer (the quantizer
+    takes only initializer weights); drops the Transpose when nothing else reads it. Returns the MatMul nodes' names."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    untied = []
+    for node in graph.node:
+        source = producers.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if source is None or source.op_type != "Transpose" or source.input[0] not in initializers:
+            continue
+        perm = next((list(a.ints) for a in source.attribute if a.name == "perm"), None)
+        weight = numpy_helper.to_array(initializers[source.input[0]])  # (onnx.load read the external data)
+        name = f"{source.input[0]}.transposed"
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight.transpose(perm)), name))
+        node.input[1] = name
+        untied.append(node.name)
+    used = {i for node in graph.node for i in node.input} | {o.name for o in graph.output}
+    for node in [n for n in graph.node if n.op_type == "Transpose" and n.output[0] not in used]:
+        graph.node.remove(node)
+    return untied
+
+
+def _quantize(model, config, bits: int, only: list[str] | None = None, exclude: list[str] = ()):
+    """Every MatMul of ``model`` but ``exclude`` (or only the nodes ``only``) to MatMulNBits."""
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    if only is not None:  # (its nodes_to_include adds nodes to the MatMuls; it does not restrict them)
+        exclude = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in only]
+
+    # the k_quant path takes block size, symmetry and accuracy level from the quantizer, not its config
+    quantizer = nbits.MatMulNBitsQuantizer(model, bits=bits, block_size=NBITS_BLOCK, is_symmetric=False,
+                                           accuracy_level=ACCURACY_LEVEL, algo_config=config,
+                                           nodes_to_exclude=list(exclude))
+    quantizer.process()
+    return quantizer.model.model
+
+
 def quantize_weights(src: Path, dst: Path, bits: int, method: str = DEFAULT_INT4_METHOD) -> None:
     """``src`` (fp32 graph + external data) → ``dst`` with every MatMul weight in ``bits`` bits (8: symmetric round
     to nearest; 4: ``method``, one of :data:`INT4_METHODS`)."""
     import onnx
-    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
     for name in ("onnxruntime.quantization.matmul_nbits_quantizer", "onnxruntime.quantization.neural_compressor"):
         logging.getLogger(name).setLevel(logging.WARNING)
     model = onnx.load(str(src))
-    # the k_quant path takes block size, symmetry and accuracy level from the quantizer, not its config
-    quantizer = nbits.MatMulNBitsQuantizer(model, bits=bits, block_size=NBITS_BLOCK, is_symmetric=False,
-                                           accuracy_level=ACCURACY_LEVEL, algo_config=_config(bits, method))
-    quantizer.process()
-    graph = quantizer.model.model.graph
+    output = untie_output_projection(model)
+    if bits == 4 and output:
+        model = _quantize(model, _config(8, "rtn"), bits=8, only=output)
+    model = _quantize(model, _config(bits, method), bits=bits, exclude=output if bits == 4 else [])
+    graph = model.graph
     for node in graph.node:  # HQQ leaves accuracy_level unset (fp32 compute): ask for the int8 kernel too
         if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
             node.attribute.append(onnx.helper.make_attribute("accuracy_level", ACCURACY_LEVEL))
-    quantizer.model.save_model_to_file(str(dst), use_external_data_format=True)
+    onnx.save_model(model, str(dst), save_as_external_data=True, location=dst.name + ".data", size_threshold=1024)
     for f in dst.parent.glob(dst.name + "*"):
         f.chmod(0o644)  # the quantizer writes its data file owner-only
