@@ -15,7 +15,8 @@ for type in f16 q8_0 q6_k q5_k_m q4_k_m iq4_xs; do
     [ -f "$WORK/$model-$type.gguf" ] || $P export gguf $src --out "$WORK/$model-$type.gguf" --type $type \
       "${flags[@]}" --no-verify --threads $T > /dev/null
   done
+  [ "${EXPORT_ONLY:-0}" = 1 ] && continue
   $P bench "$WORK/dense-$type.gguf" "$WORK/pruned-$type.gguf" --backend llama.cpp --threads $T --prompt-tokens 128 \
     --gen-tokens 32 --depths 0,2048 --repeats 3 --out results/gguf-kquants/speed-$type
 done
-.venv/bin/python results/gguf-kquants/speed_table.py results/gguf-kquants > results/gguf-kquants/speed.md
+[ "${EXPORT_ONLY:-0}" = 1 ] || .venv/bin/python results/gguf-kquants/speed_table.py results/gguf-kquants > results/gguf-kquants/speed.md
