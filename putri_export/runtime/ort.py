@@ -75,6 +75,7 @@ class InPlaceCache:
         self.capacity = 0
         self.arrays: dict[str, np.ndarray] = {}
         self.values: dict = {}
+        self.binding = None  # the session's IO binding with these buffers bound; rebuilt when they grow
         self.reserve(capacity)
 
     def reserve(self, capacity: int) -> None:
@@ -91,6 +92,7 @@ class InPlaceCache:
             self.arrays[name] = grown
             self.values[name] = ort.OrtValue.ortvalue_from_numpy(grown)
         self.capacity = capacity
+        self.binding = None
 
     @property
     def nbytes(self) -> int:
@@ -151,15 +153,17 @@ class OrtModel:
 
     def _step_in_place(self, feeds: dict[str, np.ndarray], cache: InPlaceCache, length: int) -> np.ndarray:
         cache.reserve(length)
-        binding = self.session.io_binding()
+        if cache.binding is None:  # the cache buffers are bound once per buffer size, not every step
+            cache.binding = self.session.io_binding()
+            cache.binding.bind_output("logits")  # the first output bound
+            for name, value in cache.values.items():
+                cache.binding.bind_ortvalue_input(name, value)
+                cache.binding.bind_ortvalue_output(name.replace("past_key_values.", "present."), value)
         for name, array in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array))
-        binding.bind_output("logits")  # the first output bound
-        for name, value in cache.values.items():
-            binding.bind_ortvalue_input(name, value)
-            binding.bind_ortvalue_output(name.replace("past_key_values.", "present."), value)
-        self.session.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy()  # (copy_outputs_to_cpu would copy the whole cache too)
+            cache.binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        cache.binding.bind_output("logits")  # unallocated again: its shape changes with the step's tokens
+        self.session.run_with_iobinding(cache.binding)
+        return cache.binding.get_outputs()[0].numpy()  # (copy_outputs_to_cpu would copy the whole cache too)
 
     def logits(self, tokens: list[int]) -> np.ndarray:
         out, _ = self.step(np.array([tokens]), self.new_cache(capacity=len(tokens)), 0)
