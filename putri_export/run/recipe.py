@@ -32,8 +32,9 @@ class Recipe:
     calib_samples: int = option(64, "calibration windows")
     calib_len: int = option(512, "tokens per calibration window")
     search_options: dict = option({}, "SearchSettings fields for --search (recipe file only)")
-    align: int = option(1, "kept FFN widths in multiples of N (32: every ffn_down row quantizes in Q8_0/Q4_x; 256: "
-                        "in K-quants), the target still met")
+    align: int = option(32, "kept FFN widths in multiples of N, the target still met. 32 (default): every "
+                        "ffn_down row holds whole Q8_0/Q4_x blocks (SmolLM2-135M Putri 0.5: GGUF q8_0 98.9 -> 88.3 "
+                        "MB, perplexity within noise); 256: K-quant super-blocks; 1: unaligned (prune's default)")
     eval_data: list[str] = option(["wikitext2", "tinystories"], "corpora every model and artifact is scored on")
     eval_windows: int = option(8, "perplexity windows per corpus")
     seq_len: int = option(512, "tokens per perplexity window")
