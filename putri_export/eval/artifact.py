@@ -10,7 +10,7 @@ import torch
 
 from ..data import Corpus
 from ..errors import PutriError
-from .perplexity import PerplexityResult, perplexity, runtime_logits_fn
+from .perplexity import PerplexityResult, perplexity, runtime_nll_fn
 
 
 def artifact_runtime(path: Path) -> str | None:
@@ -38,7 +38,8 @@ def evaluate_artifact(path: Path, corpus: Corpus, seq_len: int, max_windows: int
     check_gguf_file(path) if kind == "llama.cpp" else check_onnx_folder(path)
     with RuntimeProcess(kind, Path(path), n_ctx=seq_len, n_threads=threads) as runtime:
         ids = torch.tensor(runtime.tokenize(corpus.text), dtype=torch.long)
-        return perplexity(runtime_logits_fn(runtime), ids, seq_len, max_windows, corpus=corpus, progress=progress)
+        return perplexity(None, ids, seq_len, max_windows, corpus=corpus, progress=progress,
+                          nll_fn=runtime_nll_fn(runtime))
 
 
 def artifact_widths(path: Path) -> dict:

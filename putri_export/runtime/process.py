@@ -180,6 +180,10 @@ class RuntimeProcess:
     def logits(self, tokens: list[int]) -> np.ndarray:
         return self._call("running", "logits", tokens=[int(t) for t in tokens])[1][0]
 
+    def token_nll(self, tokens: list[int]) -> np.ndarray:
+        """−log p(token t | tokens < t) for t = 1..T−1, computed in the child: the logits never cross the pipe."""
+        return self._call("scoring with", "token_nll", tokens=[int(t) for t in tokens])[1][0]
+
     def greedy(self, prompt: list[int], new_tokens: int) -> tuple[list[int], np.ndarray]:
         reply, arrays = self._call("decoding with", "greedy", prompt=[int(t) for t in prompt], new_tokens=new_tokens)
         return reply["tokens"], arrays[0]
@@ -219,6 +223,15 @@ def _open(runtime: str, path: str, n_ctx: int, n_threads: int | None):
     return OrtModel(path, n_threads=n_threads, tokenizer=False)
 
 
+def token_nll(logits: np.ndarray, tokens: list[int]) -> np.ndarray:
+    """Each next token's negative log-likelihood from one sequence's logits [T, V] (float32 log-softmax, as the
+    parent's perplexity computes it; float64 out)."""
+    x = logits[:-1].astype(np.float32)
+    top = x.max(axis=-1, keepdims=True)
+    log_norm = top[:, 0] + np.log(np.exp(x - top).sum(axis=-1))
+    return (log_norm - x[np.arange(len(x)), np.asarray(tokens[1:])]).astype(np.float64)
+
+
 def serve_requests(requests: BinaryIO, replies: BinaryIO) -> None:
     """Answer requests until ``close`` or the end of the input (the parent is gone)."""
     model = None
@@ -235,6 +248,8 @@ def serve_requests(requests: BinaryIO, replies: BinaryIO) -> None:
                 reply["tokens"] = model.tokenize(request["text"])
             elif op == "logits":
                 arrays = [model.logits(request["tokens"])]
+            elif op == "token_nll":
+                arrays = [token_nll(model.logits(request["tokens"]), request["tokens"])]
             elif op == "greedy":
                 reply["tokens"], steps = model.greedy(request["prompt"], request["new_tokens"])
                 arrays = [steps]

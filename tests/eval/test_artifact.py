@@ -40,7 +40,9 @@ def test_eval_of_an_artifact_equals_what_verify_measured(exported, fmt):
                    str(CHECK.max_windows), "--threads", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     ppl = float(re.search(r"perplexity ([0-9.]+)", proc.stdout).group(1))
-    assert f"{ppl:.4f}" == f"{verified_ppl:.4f}"
+    # eval scores each token in the runtime's child (float32 log-softmax in numpy), verify in the parent (torch): the
+    # same windows and logits, so the same perplexity up to float32 rounding (this random slice's is ~8e8)
+    assert ppl == pytest.approx(verified_ppl, rel=1e-5)
 
 
 @pytest.mark.parametrize("fmt", ["gguf", "onnx"])

@@ -167,3 +167,16 @@ def test_a_crash_inside_run_keeps_finished_steps_for_resume(stories_dir, tmp_pat
 def test_output_tail_keeps_the_last_lines_on_one_line():
     assert output_tail("a\n\n b \nc\nd\ne\n") == "b | c | d | e"
     assert len(output_tail("x" * 5000)) == 401
+
+
+def test_token_nll_in_the_child_equals_the_parents_log_softmax():
+    """What the runtime child returns instead of the logits: each next token's NLL, as perplexity computes it."""
+    from putri_export.eval.perplexity import window_nll
+    from putri_export.runtime.process import token_nll
+
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((9, 50)) * 8).astype(np.float32)
+    tokens = rng.integers(0, 50, 9).tolist()
+    expected = window_nll(lambda _: torch.from_numpy(logits)[None], torch.tensor([tokens]))
+    assert token_nll(logits, tokens).shape == (8,)
+    assert token_nll(logits, tokens).sum() == pytest.approx(float(expected), rel=1e-6)
