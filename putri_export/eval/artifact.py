@@ -10,7 +10,7 @@ import torch
 
 from ..data import Corpus
 from ..errors import PutriError
-from .perplexity import PerplexityResult, perplexity, runtime_nll_fn
+from .perplexity import PerplexityResult, nll_perplexity, runtime_nll_fn
 
 
 def artifact_runtime(path: Path) -> str | None:
@@ -38,8 +38,7 @@ def evaluate_artifact(path: Path, corpus: Corpus, seq_len: int, max_windows: int
     check_gguf_file(path) if kind == "llama.cpp" else check_onnx_folder(path)
     with RuntimeProcess(kind, Path(path), n_ctx=seq_len, n_threads=threads) as runtime:
         ids = torch.tensor(runtime.tokenize(corpus.text), dtype=torch.long)
-        return perplexity(None, ids, seq_len, max_windows, corpus=corpus, progress=progress,
-                          nll_fn=runtime_nll_fn(runtime))
+        return nll_perplexity(runtime_nll_fn(runtime), ids, seq_len, max_windows, corpus=corpus, progress=progress)
 
 
 def artifact_widths(path: Path) -> dict:

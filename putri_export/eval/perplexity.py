@@ -47,24 +47,28 @@ def window_nll(logits_fn: LogitsFn, batch: torch.Tensor) -> torch.Tensor:
     return nll.double().sum()
 
 
-def perplexity(
-    logits_fn: LogitsFn,
-    ids: torch.Tensor,
-    seq_len: int,
-    max_windows: int | None = None,
-    batch_size: int = 1,
-    corpus: Corpus | None = None,
-    progress: bool = True,
-    nll_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> PerplexityResult:
-    """Mean NLL over all predicted tokens of ``ids`` cut into windows; ``logits_fn`` maps [B, T] → [B, T, V]
-    (or ``nll_fn`` gives a batch's summed NLL directly, e.g. :func:`runtime_nll_fn`)."""
+NllFn = Callable[[torch.Tensor], torch.Tensor]  # windows [B, T] → summed NLL (float64) of tokens 1..T−1
+
+
+def logits_nll_fn(logits_fn: LogitsFn) -> NllFn:
+    """Score windows from their logits (:func:`window_nll`)."""
+    return lambda batch: window_nll(logits_fn, batch)
+
+
+def perplexity(logits_fn: LogitsFn, ids: torch.Tensor, seq_len: int, max_windows: int | None = None,
+               batch_size: int = 1, corpus: Corpus | None = None, progress: bool = True) -> PerplexityResult:
+    """Mean NLL over all predicted tokens of ``ids`` cut into windows; ``logits_fn`` maps [B, T] → [B, T, V]."""
+    return nll_perplexity(logits_nll_fn(logits_fn), ids, seq_len, max_windows, batch_size, corpus, progress)
+
+
+def nll_perplexity(nll_fn: NllFn, ids: torch.Tensor, seq_len: int, max_windows: int | None = None,
+                   batch_size: int = 1, corpus: Corpus | None = None, progress: bool = True) -> PerplexityResult:
+    """:func:`perplexity` from a function that scores windows itself (e.g. :func:`runtime_nll_fn`)."""
     wins = windows(ids, seq_len, max_windows, corpus.source if corpus else "the corpus")
     total = 0.0
     with torch.inference_mode():
         for start in tqdm(range(0, len(wins), batch_size), desc="perplexity", unit="batch", disable=not progress):
-            batch = wins[start : start + batch_size]
-            total += float(nll_fn(batch) if nll_fn is not None else window_nll(logits_fn, batch))
+            total += float(nll_fn(wins[start : start + batch_size]))
     count = len(wins) * (seq_len - 1)
     mean = total / count
     return PerplexityResult(
@@ -121,7 +125,7 @@ def torch_logits_fn(model: torch.nn.Module) -> LogitsFn:
     return fn
 
 
-def runtime_nll_fn(runtime) -> Callable[[torch.Tensor], torch.Tensor]:
+def runtime_nll_fn(runtime) -> NllFn:
     """Summed NLL of windows scored inside a runtime's child process (``runtime.token_nll(tokens) -> [T-1]``): only
     T − 1 numbers per window cross the pipe, not T × V logits (WikiText-2 test with a 49K vocabulary: 59 GB)."""
     def fn(batch: torch.Tensor) -> torch.Tensor:

@@ -179,7 +179,7 @@ def _quality(recipe: Recipe, dense_dir: Path, pruned_dir: Path, staging: Path, a
     import torch
 
     from ..data import load_corpus, tokenize_corpus
-    from ..eval import perplexity, runtime_logits_fn, torch_logits_fn
+    from ..eval import logits_nll_fn, nll_perplexity, runtime_nll_fn, torch_logits_fn
     from ..model import load_model, load_tokenizer
     from ..runtime.process import RuntimeProcess
 
@@ -193,16 +193,16 @@ def _quality(recipe: Recipe, dense_dir: Path, pruned_dir: Path, staging: Path, a
     for label, which, fmt, path in scored:
         _say(f"perplexity: {label} {which}")
         if fmt == "torch":
-            fn, close = torch_logits_fn(load_model(path)[0]), (lambda: None)
+            fn, close = logits_nll_fn(torch_logits_fn(load_model(path)[0])), (lambda: None)
         else:
             runtime = RuntimeProcess(RUNTIME[fmt], path, n_ctx=recipe.seq_len, n_threads=recipe.threads)
-            fn, close = runtime_logits_fn(runtime), runtime.close
+            fn, close = runtime_nll_fn(runtime), runtime.close  # scored in the runtime's process
         try:
             row = {"artifact": label, "which": which}
             with torch.no_grad():
                 for name in recipe.eval_data:
-                    result = perplexity(fn, ids[name], recipe.seq_len, recipe.eval_windows, corpus=corpora[name],
-                                        progress=False)
+                    result = nll_perplexity(fn, ids[name], recipe.seq_len, recipe.eval_windows,
+                                            corpus=corpora[name], progress=False)
                     row[name] = result.perplexity
                     row["windows"] = result.windows
         finally:
