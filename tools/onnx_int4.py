@@ -3,6 +3,9 @@
 perplexity and speed (``putri-export eval`` / ``bench`` on the folders).
 
     python tools/onnx_int4.py FP32_FOLDER OUT_PREFIX [METHOD ...]   # -> OUT_PREFIX-int4-METHOD/, OUT_PREFIX-int8/
+
+The GPTQ methods need the PyTorch model and calibration text, not only the graph: write them with
+``putri-export export onnx MODEL --quantize int4 [--int4-method gptq-sym]``.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ def write_variant(src: Path, out: Path, bits: int, method: str) -> float:
 
 def main(argv: list[str]) -> None:
     src, prefix = Path(argv[0]), argv[1]
-    for method in argv[2:] or ["int8", *INT4_METHODS]:
+    for method in argv[2:] or ["int8", *(m for m in INT4_METHODS if not m.startswith("gptq"))]:
+        if method.startswith("gptq"):
+            raise SystemExit(f"{method}: GPTQ needs the PyTorch model; use putri-export export onnx --quantize int4")
         bits, name = (8, "int8") if method == "int8" else (4, f"int4-{method}")
         out = Path(f"{prefix}-{name}")
         if out.is_dir():

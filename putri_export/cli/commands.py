@@ -98,6 +98,25 @@ def _print_report(report, json_path: str | None) -> None:
         Path(json_path).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
 
 
+def _export_calibration(args: argparse.Namespace) -> tuple[str, int, int] | None:
+    """The calibration text (spec, windows, tokens per window) the export's quantizer learns from: llama.cpp's
+    importance matrix (``--imatrix-data``, K-/i-quants only) or GPTQ for ONNX int4 (``--gptq-data``, defaulting to
+    the pruner's calibration set); None when the export needs none."""
+    from ..data import DEFAULT_CALIBRATION
+    from ..export.formats import LLAMA_CPP_TYPES
+
+    if args.format == "gguf":
+        if args.imatrix_data is not None and args.variant not in LLAMA_CPP_TYPES:
+            raise PutriError(f"--imatrix-data weighs llama.cpp's quantizer: give --type one of "
+                             f"{', '.join(LLAMA_CPP_TYPES)} (got {args.variant})")
+        return None if args.imatrix_data is None else (args.imatrix_data, args.imatrix_samples, args.imatrix_len)
+    gptq = args.variant == "int4" and args.int4_method.startswith("gptq")
+    if args.gptq_data is not None and not gptq:
+        raise PutriError(f"--gptq-data is GPTQ's calibration text: give --quantize int4 with --int4-method gptq or "
+                         f"gptq-sym (got --quantize {args.variant}, --int4-method {args.int4_method})")
+    return (args.gptq_data or DEFAULT_CALIBRATION, args.gptq_samples, args.gptq_len) if gptq else None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Write to a staging name beside --out, verify it in its runtime, and only then rename it to --out."""
     from ..compute import ComputeSettings
@@ -111,34 +130,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     resolved = resolve_model(args.model)
     if resolved.gguf_file is not None:
         raise PutriError("give an HF model folder (or smollm2-135m) to export, not a .gguf file")
-    imatrix_data = getattr(args, "imatrix_data", None)
-    if imatrix_data is not None and args.variant not in LLAMA_CPP_TYPES:
-        raise PutriError(f"--imatrix-data weighs llama.cpp's quantizer: give --type one of {', '.join(LLAMA_CPP_TYPES)}"
-                         f" (got {args.variant})")
+    calibration_spec = _export_calibration(args)
     model, tokenizer, _, blocks = open_model(resolved.path, ComputeSettings(device="cpu",
                                                                             streaming=args.streaming or "auto"))
-    imatrix = None
-    if imatrix_data is not None:
+    calibration = None
+    if calibration_spec is not None:
         from ..data import load_calibration
-        from ..export.gguf import importance_matrix
 
         if args.threads:
             import torch
 
             torch.set_num_threads(args.threads)
-        calib = load_calibration(tokenizer, imatrix_data, args.imatrix_samples, args.imatrix_len)
-        imatrix = importance_matrix(model, calib.ids, blocks)
+        calibration = load_calibration(tokenizer, *calibration_spec).ids
     check = ParityCheck(data=args.check_data, seq_len=args.seq_len, max_windows=args.check_windows)
     result = export_verified(model, tokenizer, resolved.path, out, args.format, args.variant,
                              verify=not args.no_verify, check=check, threads=args.threads, blocks=blocks,
-                             imatrix=imatrix, onnx_attention=getattr(args, "attention", "gqa"))
+                             calibration=calibration, onnx_attention=getattr(args, "attention", "gqa"),
+                             int4_method=getattr(args, "int4_method", None))
     for note in result.notes:
         print(f"note: {note}")
     if result.parity is not None:
         _print_report(result.parity, args.json)
     if not result.written:
         hint = ""
-        if args.format == "gguf" and args.variant in LLAMA_CPP_TYPES and imatrix is None:
+        if args.format == "gguf" and args.variant in LLAMA_CPP_TYPES and calibration is None:
             hint = ("; llama.cpp's quantizer weighed by an importance matrix often closes the gap: add --imatrix-data "
                     "(SmolLM2-135M Q5_K_M: +11.0% perplexity without, +0.9% with)")
         print(f"putri-export: error: {out} not written: parity check failed{hint}", file=sys.stderr)

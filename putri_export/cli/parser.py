@@ -23,8 +23,8 @@ from .commands import (
 DESCRIPTION = ("Prune a Llama, Qwen2 or Qwen3 model into smaller per-layer-width HF, GGUF and ONNX artifacts, "
                "parity-proven.")
 MODEL_HELP = "HF folder, .gguf file, or built-in name (smollm2-135m)"
-DATA_HELP = ("file (.txt/.jsonl/.parquet), built-in name (wikitext2, wikitext2:valid, tinystories, "
-             "tinystories:train) or hub dataset")
+DATA_HELP = ("file (.txt/.jsonl/.parquet), built-in name (wikitext2, wikitext2:valid, wikitext2:valid-raw, "
+             "tinystories, tinystories:train, tinystories:train-2mib, c4) or hub dataset")
 
 
 def _add_info(sub) -> None:
@@ -123,6 +123,17 @@ def _add_export(sub) -> None:
             p.add_argument("--imatrix-samples", type=int, default=32, help="importance-matrix windows (default: 32)")
             p.add_argument("--imatrix-len", type=int, default=512, help="tokens per window (default: 512)")
         else:
+            from ..data import DEFAULT_CALIBRATION
+            from ..export.onnx import DEFAULT_INT4_METHOD, INT4_METHODS
+
+            p.add_argument("--int4-method", choices=INT4_METHODS, default=DEFAULT_INT4_METHOD,
+                           help=f"how --quantize int4 rounds (default: {DEFAULT_INT4_METHOD}): "
+                                + "; ".join(f"{k}: {v}" for k, v in INT4_METHODS.items()))
+            p.add_argument("--gptq-data", metavar="DATA",
+                           help=f"GPTQ's calibration text (int4 gptq methods; default: {DEFAULT_CALIBRATION}; "
+                                f"{DATA_HELP}); never the text you evaluate on")
+            p.add_argument("--gptq-samples", type=int, default=32, help="GPTQ calibration windows (default: 32)")
+            p.add_argument("--gptq-len", type=int, default=512, help="tokens per window (default: 512)")
             p.add_argument("--attention", choices=ONNX_ATTENTIONS, default="gqa",
                            help="gqa (default): com.microsoft.GroupQueryAttention, the KV cache written in place "
                                 "(ONNX Runtime, onnxruntime-genai); standard: portable ONNX ops, the cache "

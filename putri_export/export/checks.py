@@ -44,5 +44,6 @@ TOLERANCES = {
     "q3_k_m": Tolerance(None, 0.35, False),
     "onnx-fp32": Tolerance(1e-4, 0.001, True),
     "onnx-int8": Tolerance(None, 0.03, False),
-    "onnx-int4": Tolerance(None, 0.20, False),  # measured: SmolLM2-135M Putri-0.5 +15.5% (HQQ, blocks of 32)
+    # measured (GPTQ, blocks of 32, 4 × 512 WikiText-2): SmolLM2-135M dense +14.0%, Putri 0.5 +9.2%
+    "onnx-int4": Tolerance(None, 0.20, False),
 }

@@ -31,14 +31,16 @@ def artifact_bytes(path: Path) -> int:
 
 def export_verified(model, tokenizer, source: Path, out: Path, fmt: str, variant: str, *, verify: bool = True,
                     check: ParityCheck | None = None, threads: int | None = None, progress: bool = True,
-                    blocks=None, imatrix: dict | None = None, onnx_attention: str = "gqa") -> ExportResult:
+                    blocks=None, calibration=None, onnx_attention: str = "gqa",
+                    int4_method: str | None = None) -> ExportResult:
     """Write ``model`` as ``fmt`` (``gguf`` type or ONNX quantization ``variant``) under a staging name beside
     ``out``, verify it against ``model`` in its own runtime, and rename it to ``out`` only if it passed.
 
     ``source``: the HF folder ``model`` came from (tokenizer files). ``blocks``: the block store of a streamed
-    ``model`` (written one block or tensor at a time and verified against a streamed reference). ``imatrix``: the
-    importance matrix llama.cpp's quantizer weighs K-/i-quant rounding with (``gguf.importance_matrix``).
-    ``onnx_attention``: the ONNX graph's attention (``formats.ONNX_ATTENTIONS``). A failed
+    ``model`` (written one block or tensor at a time and verified against a streamed reference). ``calibration``:
+    token windows [N, T] the quantizer learns from — llama.cpp's K-/i-quants weigh their rounding by the importance
+    matrix computed on them; ONNX int4's GPTQ methods need them. ``onnx_attention``: the ONNX graph's attention
+    (``formats.ONNX_ATTENTIONS``); ``int4_method``: how ONNX int4 rounds (``onnx.quantize.INT4_METHODS``). A failed
     parity check returns ``written=False``; an export error raises. Either way nothing is left at ``out`` or
     beside it.
     """
@@ -56,8 +58,12 @@ def export_verified(model, tokenizer, source: Path, out: Path, fmt: str, variant
     try:
         t0 = time.perf_counter()
         if fmt == "gguf":
-            from .gguf import write_gguf
+            from .formats import LLAMA_CPP_TYPES
+            from .gguf import importance_matrix, write_gguf
 
+            imatrix = None
+            if calibration is not None and variant in LLAMA_CPP_TYPES:
+                imatrix = importance_matrix(model, calibration, blocks, progress=progress)
             with torch.no_grad():
                 report = write_gguf(model, source, tmp, variant, name=out.stem, progress=progress, blocks=blocks,
                                     imatrix=imatrix, threads=threads)
@@ -65,9 +71,17 @@ def export_verified(model, tokenizer, source: Path, out: Path, fmt: str, variant
                                                        for name, kind in report.fallback_tensors.items()]
             result.tensor_types = report.tensor_types
         else:
-            from .onnx import write_onnx
+            from .onnx import DEFAULT_INT4_METHOD, gptq_weights, write_onnx
 
-            write_onnx(model, source, tmp, variant, overwrite=True, blocks=blocks, attention=onnx_attention)
+            method = int4_method or DEFAULT_INT4_METHOD
+            codes = None
+            if variant == "int4" and method.startswith("gptq"):
+                if calibration is None:
+                    raise PutriError(f"ONNX int4 method {method} needs calibration text (its Gram matrices): give "
+                                     "calibration windows, or choose int4 method rtn")
+                codes = gptq_weights(model, calibration, blocks, symmetric=method == "gptq-sym", progress=progress)
+            write_onnx(model, source, tmp, variant, overwrite=True, blocks=blocks, attention=onnx_attention,
+                       int4_method=method, gptq_codes=codes)
         result.export_seconds = time.perf_counter() - t0
         if verify:
             result.parity = verify_artifact(tmp, source, check, threads, progress=progress,

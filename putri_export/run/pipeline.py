@@ -153,15 +153,14 @@ def _export(fmt: str, variant: str, src: Path, out: Path, recipe: Recipe) -> dic
     _say(f"exporting {out.name}")
     model, tokenizer = load_model(src)
     check = ParityCheck(seq_len=recipe.seq_len, max_windows=recipe.verify_windows)
-    imatrix = None
-    if fmt == "gguf" and variant in LLAMA_CPP_TYPES:  # llama.cpp's quantizer, weighed by the calibration set
+    calibration = None
+    # llama.cpp's K-/i-quants (importance matrix) and ONNX int4 (GPTQ) learn their rounding from the calibration set
+    if (fmt == "gguf" and variant in LLAMA_CPP_TYPES) or (fmt == "onnx" and variant == "int4"):
         from ..data import load_calibration
-        from ..export.gguf import importance_matrix
 
-        calib = load_calibration(tokenizer, recipe.calib, recipe.calib_samples, recipe.calib_len)
-        imatrix = importance_matrix(model, calib.ids, progress=False)
+        calibration = load_calibration(tokenizer, recipe.calib, recipe.calib_samples, recipe.calib_len).ids
     result = export_verified(model, tokenizer, src, out, fmt, variant, check=check, threads=recipe.threads,
-                             progress=False, imatrix=imatrix, onnx_attention=recipe.onnx_attention)
+                             progress=False, calibration=calibration, onnx_attention=recipe.onnx_attention)
     _say(result.parity.summary())
     if not result.written:
         raise PutriError(f"{out.name} failed its parity check: {'; '.join(result.parity.failures)}")

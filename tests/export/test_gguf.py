@@ -256,7 +256,7 @@ def test_q4_k_m_with_an_importance_matrix_verifies_and_the_matrix_changes_the_ro
     assert imatrix["model.layers.0.mlp.down_proj"].shape == (100,) and (imatrix["lm_head"] > 0).all()
     check = ParityCheck(data="tinystories", max_windows=2)
     weighted = export_verified(model, tok, folder, tmp_path / "a.gguf", "gguf", "q4_k_m", check=check, threads=1,
-                               progress=False, imatrix=imatrix)
+                               progress=False, calibration=calib.ids)
     plain = export_verified(model, tok, folder, tmp_path / "b.gguf", "gguf", "q4_k_m", check=check, threads=1,
                             progress=False)
     assert weighted.written and plain.written, weighted.parity.summary()

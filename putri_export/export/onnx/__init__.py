@@ -30,7 +30,10 @@ from ...model.blocks import LAYER_PREFIX, BlockStore
 from ...runtime.ort import LAYOUT_FILE
 from ..formats import ONNX_ATTENTIONS, QUANTIZATIONS
 from .attention import ATTENTION_NAME, CacheBuffers, translations
-from .quantize import DEFAULT_INT4_METHOD, quantize_weights
+from .gptq import gptq_weights
+from .quantize import DEFAULT_INT4_METHOD, INT4_METHODS, quantize_weights
+
+__all__ = ["DEFAULT_INT4_METHOD", "INT4_METHODS", "genai_config", "gptq_weights", "layout", "write_onnx"]
 
 MODEL_FILE = "model.onnx"
 GENAI_CONFIG = "genai_config.json"
@@ -97,7 +100,8 @@ def _example_inputs(model: PutriForCausalLM):
     return ids, mask, pos, kv
 
 
-def layout(model: PutriForCausalLM, quantization: str, attention: str = "gqa") -> dict:
+def layout(model: PutriForCausalLM, quantization: str, attention: str = "gqa",
+           int4_method: str = DEFAULT_INT4_METHOD) -> dict:
     c = model.config
     layers = attention_layers(model)
     return {
@@ -106,7 +110,7 @@ def layout(model: PutriForCausalLM, quantization: str, attention: str = "gqa") -
         "model_type": c.model_type,
         "model_file": MODEL_FILE,
         "quantization": quantization,
-        "int4_method": DEFAULT_INT4_METHOD if quantization == "int4" else None,
+        "int4_method": int4_method if quantization == "int4" else None,
         "num_hidden_layers": c.num_hidden_layers,
         "head_dim": c.head_dim,
         "vocab_size": c.vocab_size,
@@ -129,24 +133,29 @@ def layout(model: PutriForCausalLM, quantization: str, attention: str = "gqa") -
 
 def write_onnx(model: PutriForCausalLM, tokenizer_dir: Path, out: Path, quantization: str = "none",
                opset: int = 23, overwrite: bool = False, blocks: BlockStore | None = None,
-               attention: str = "gqa") -> dict:
+               attention: str = "gqa", int4_method: str = DEFAULT_INT4_METHOD,
+               gptq_codes: dict | None = None) -> dict:
     """Export to the folder ``out`` (temp folder + rename: nothing partial is left behind).
 
     ``blocks``: a streamed model's block store; its weights are read one tensor at a time while the file is
-    written (the int8/int4 quantizers then load the fp32 graph whole)."""
+    written (the int8/int4 quantizers then load the fp32 graph whole). ``int4_method``: one of
+    :data:`INT4_METHODS`; the GPTQ methods take ``gptq_codes`` (:func:`gptq_weights` of ``model``)."""
     if quantization not in QUANTIZATIONS:
         raise PutriError(f"unknown --quantize {quantization!r}: choose one of {', '.join(QUANTIZATIONS)}")
     if attention not in ONNX_ATTENTIONS:
         raise PutriError(f"unknown --attention {attention!r}: choose one of {', '.join(ONNX_ATTENTIONS)}")
+    if quantization == "int4" and int4_method not in INT4_METHODS:
+        raise PutriError(f"unknown int4 method {int4_method!r}: choose one of {', '.join(INT4_METHODS)}")
     out = Path(out)
     if out.exists() and not overwrite:
         raise PutriError(f"{out} exists; pass --overwrite to replace it")
-    spec = layout(model, quantization, attention)
+    spec = layout(model, quantization, attention, int4_method)
     with staged(out, make_dir=True) as tmp:
         _export_graph(model, tmp / ("fp32.onnx" if quantization != "none" else MODEL_FILE), spec, opset,
                       _weight_reader(model, blocks))
         if quantization in ("int8", "int4"):
-            quantize_weights(tmp / "fp32.onnx", tmp / MODEL_FILE, bits=int(quantization[3:]))
+            quantize_weights(tmp / "fp32.onnx", tmp / MODEL_FILE, bits=int(quantization[3:]), method=int4_method,
+                             gptq_codes=gptq_codes)
         if quantization != "none":
             for f in tmp.glob("fp32.onnx*"):
                 f.unlink()

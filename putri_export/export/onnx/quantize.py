@@ -18,25 +18,29 @@ NBITS_BLOCK = 32
 ACCURACY_LEVEL = 4  # MatMulNBits computes with int8-quantized activation blocks: the CPU kernel's fast path
 
 # How 4-bit weights are rounded. Integer zero points (or none) keep MatMulNBits on its fast int8 kernel; HQQ's
-# fitted float zero points do not (it decoded 8x slower than int8 on SmolLM2). On stories260K (fp32 weights), 16 × 512
-# TinyStories windows vs PyTorch: rtn +10.1%, rtn-asym +9.9%, k-quant +10.0%, hqq +8.6% perplexity; SmolLM2's
-# weights are themselves Q4_1-dequantized, a grid HQQ's float zero points reproduce exactly, so it is no judge.
-# tools/onnx_int4.py writes every method for comparison.
+# fitted float zero points do not (it decoded 8x slower than int8 on SmolLM2). GPTQ (gptq.py) from calibration Gram
+# matrices is the default: SmolLM2-135M, 16 × 512 WikiText-2 windows vs fp32: rtn +26.5%, gptq +13.9%, gptq-sym
+# +16.7%, at rtn's speed (results/onnx-int4). SmolLM2's weights are themselves Q4_1-dequantized, a grid HQQ's float
+# zero points reproduce exactly, so HQQ looks lossless there and is no judge. tools/onnx_int4.py writes the methods
+# that need no calibration, for comparison.
 INT4_METHODS = {
     "rtn": "round to nearest, symmetric (no zero points)",
     "rtn-asym": "round to nearest, min/max with 4-bit integer zero points",
     "k-quant": "llama.cpp-style search of each block's scale and integer zero point (onnxruntime's k_quant)",
     "hqq": "HQQ: fitted scales and float zero points (slow kernel)",
+    "gptq": "GPTQ from calibration text (rounding errors moved onto later columns), integer zero points",
+    "gptq-sym": "GPTQ from calibration text onto the symmetric grid (no zero points)",
 }
-DEFAULT_INT4_METHOD = "rtn"  # symmetric: no zero points to store or subtract
+DEFAULT_INT4_METHOD = "gptq"
 
 
 def _config(bits: int, method: str):
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
-    if bits == 8 or method in ("rtn", "rtn-asym"):
-        return nbits.DefaultWeightOnlyQuantConfig(block_size=NBITS_BLOCK, is_symmetric=bits == 8 or method == "rtn",
-                                                  bits=bits, accuracy_level=ACCURACY_LEVEL)
+    if bits == 8 or method in ("rtn", "rtn-asym", "gptq", "gptq-sym"):  # gptq: rtn's nodes, GPTQ's codes then
+        symmetric = bits == 8 or method in ("rtn", "gptq-sym")
+        return nbits.DefaultWeightOnlyQuantConfig(block_size=NBITS_BLOCK, is_symmetric=symmetric, bits=bits,
+                                                  accuracy_level=ACCURACY_LEVEL)
     if method == "hqq":
         return nbits.HQQWeightOnlyQuantConfig(block_size=NBITS_BLOCK, bits=4)
     if method == "k-quant":
@@ -85,10 +89,57 @@ def _quantize(model, config, bits: int, only: list[str] | None = None, exclude: 
     return quantizer.model.model
 
 
-def quantize_weights(src: Path, dst: Path, bits: int, method: str = DEFAULT_INT4_METHOD) -> None:
+def _weight_fingerprints(model) -> dict[str, str]:
+    """MatMul weight initializer → :func:`gptq.fingerprint` of its data."""
+    from onnx import numpy_helper
+
+    from .gptq import fingerprint
+
+    initializers = {i.name: i for i in model.graph.initializer}
+    return {n.input[1]: fingerprint(numpy_helper.to_array(initializers[n.input[1]])) for n in model.graph.node
+            if n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in initializers}
+
+
+def _write_codes(model, fingerprints: dict[str, str], codes: dict[str, tuple]) -> int:
+    """Replace the 4-bit MatMulNBits nodes' weights and scales by GPTQ's (found by the fingerprint of the weight
+    each node was made from); every 4-bit node must have codes. Returns how many nodes were rewritten."""
+    from onnx import numpy_helper
+
+    from ...errors import PutriError
+
+    initializers = {i.name: i for i in model.graph.initializer}
+    done = 0
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits" or not any(a.name == "bits" and a.i == 4 for a in node.attribute):
+            continue
+        source = node.input[1].removesuffix("_Q4")
+        found = codes.get(fingerprints.get(source, ""))
+        if found is None:
+            raise PutriError(f"GPTQ: no codes for the 4-bit MatMul {node.name} (weight {source}): the calibration "
+                             "pass did not see this weight; export int4 with --int4-method rtn")
+        if len(node.input[1:4]) != len(found):
+            raise PutriError(f"GPTQ codes for {node.name} and the node disagree on zero points")
+        for name, value in zip(node.input[1:4], found):
+            old = initializers[name]
+            if tuple(old.dims) != value.shape:
+                raise PutriError(f"GPTQ codes for {node.name} have shape {value.shape}, the node {tuple(old.dims)}")
+            old.CopyFrom(numpy_helper.from_array(value, name))
+        done += 1
+    return done
+
+
+def quantize_weights(src: Path, dst: Path, bits: int, method: str = DEFAULT_INT4_METHOD,
+                     gptq_codes: dict[str, tuple] | None = None) -> None:
     """``src`` (fp32 graph + external data) → ``dst`` with every MatMul weight in ``bits`` bits (8: symmetric round
-    to nearest; 4: ``method``, one of :data:`INT4_METHODS`)."""
+    to nearest; 4: ``method``, one of :data:`INT4_METHODS`; ``gptq``/``gptq-sym`` take ``gptq_codes`` from
+    :func:`gptq.gptq_weights` of the same model, with the same symmetry)."""
     import onnx
+
+    from ...errors import PutriError
+
+    gptq = bits == 4 and method.startswith("gptq")
+    if gptq and not gptq_codes:
+        raise PutriError("int4 method gptq needs calibration text (GPTQ's Gram matrices): give --calibration-data")
 
     for name in ("onnxruntime.quantization.matmul_nbits_quantizer", "onnxruntime.quantization.neural_compressor"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -96,7 +147,10 @@ def quantize_weights(src: Path, dst: Path, bits: int, method: str = DEFAULT_INT4
     output = untie_output_projection(model)
     if bits == 4 and output:
         model = _quantize(model, _config(8, "rtn"), bits=8, only=output)
+    fingerprints = _weight_fingerprints(model) if gptq else {}
     model = _quantize(model, _config(bits, method), bits=bits, exclude=output if bits == 4 else [])
+    if fingerprints:
+        _write_codes(model, fingerprints, gptq_codes)
     graph = model.graph
     for node in graph.node:  # HQQ leaves accuracy_level unset (fp32 compute): ask for the int8 kernel too
         if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
