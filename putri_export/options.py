@@ -52,6 +52,11 @@ def add_options(parser: argparse.ArgumentParser, cls: type, only: list[str] | No
             continue
         if type(None) in get_args(kind):  # X | None
             kind = next(a for a in get_args(kind) if a is not type(None))
+            if kind is bool:  # unset: a preset decides; both flags given
+                parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
+                parser.add_argument("--no-" + flag[2:], dest=f.name, action="store_false", default=None,
+                                    help=f"the opposite of {flag} (default: {_shown(default)})")
+                continue
         if get_origin(kind) in (tuple, list):
             parse, container = (_parse_ints if get_args(kind)[:1] == (int,) else _parse_strings), get_origin(kind)
 

@@ -124,7 +124,7 @@ def _add_export(sub) -> None:
             p.add_argument("--imatrix-len", type=int, default=512, help="tokens per window (default: 512)")
         else:
             from ..data import DEFAULT_CALIBRATION
-            from ..export.onnx import DEFAULT_INT4_METHOD, INT4_METHODS
+            from ..export.formats import DEFAULT_INT4_METHOD, INT4_METHODS
 
             p.add_argument("--int4-method", choices=INT4_METHODS, default=DEFAULT_INT4_METHOD,
                            help=f"how --quantize int4 rounds (default: {DEFAULT_INT4_METHOD}): "

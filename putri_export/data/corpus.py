@@ -2,9 +2,13 @@
 
 Built-in names (``NAME`` or ``NAME:SPLIT``):
   wikitext2[:test]     WikiText-2 raw test            (local: wikitext-2-raw/wiki.test.raw)
-  wikitext2:valid      WikiText-2 validation          (local: wikitext-2/valid.txt, the tokenized v1 copy)
+  wikitext2:valid      WikiText-2 validation          (local: wikitext-2/valid.txt, the tokenized v1 copy: <unk>)
+  wikitext2:valid-raw  WikiText-2 raw validation      (local: wikitext-2-raw/wiki.valid.raw, no <unk>)
   tinystories[:validation]  TinyStories validation    (local: tinystories/validation-head.txt, ~800 KB head)
   tinystories:train    TinyStories train              (local: tinystories/train-head.txt, ~200 KB head)
+  tinystories:train-2mib  TinyStories V1 train        (local: tinystories/train-v1-head-2mib.txt, 2 MiB head)
+  c4[:train]           C4 en train, first 1,000 documents of shard 0 (local only: c4/c4-en-train-00000-first1000.jsonl;
+                       the documents the Putri reference calibrates on)
 The local folder is ``$PUTRI_EXPORT_DATA``, else ``../shared/data`` (from the working directory or the
 repository) when it exists; otherwise the hub dataset is tried. Convention: calibrate on a split that
 is never evaluated (``wikitext2:valid``, ``tinystories:train``), evaluate on the others.
@@ -33,20 +37,26 @@ DEFAULT_CALIBRATION = "wikitext2:valid,tinystories:train"
 @dataclass(frozen=True)
 class BuiltinSplit:
     local: str  # path under the local data folder
-    hub: tuple[str, str | None, str]  # (dataset, config, split) for datasets.load_dataset
+    hub: tuple[str, str | None, str] | None  # (dataset, config, split) for datasets.load_dataset; None: local only
 
 
 BUILTIN_DATA: dict[str, dict[str, BuiltinSplit]] = {
     "wikitext2": {
         "test": BuiltinSplit("wikitext-2-raw/wiki.test.raw", ("wikitext", "wikitext-2-raw-v1", "test")),
         "valid": BuiltinSplit("wikitext-2/valid.txt", ("wikitext", "wikitext-2-v1", "validation")),
+        "valid-raw": BuiltinSplit("wikitext-2-raw/wiki.valid.raw", ("wikitext", "wikitext-2-raw-v1", "validation")),
     },
     "tinystories": {
         "validation": BuiltinSplit("tinystories/validation-head.txt", ("roneneldan/TinyStories", None, "validation")),
         "train": BuiltinSplit("tinystories/train-head.txt", ("roneneldan/TinyStories", None, "train")),
+        "train-2mib": BuiltinSplit("tinystories/train-v1-head-2mib.txt", ("roneneldan/TinyStories", None, "train")),
     },
+    # (the whole C4 train split is ~300 GB: no hub fallback)
+    "c4": {"train": BuiltinSplit("c4/c4-en-train-00000-first1000.jsonl", None)},
 }
-DEFAULT_SPLIT = {"wikitext2": "test", "tinystories": "validation"}
+DEFAULT_SPLIT = {"wikitext2": "test", "tinystories": "validation", "c4": "train"}
+# TinyStories' own files separate stories with this line; it is a separator, not text
+STORY_SEPARATOR = "<|endoftext|>"
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,8 @@ def _load_builtin(name: str, split: str, spec: str) -> Corpus:
     if local is not None and local.is_file():
         return Corpus(spec, str(local), _load_local(local, "text"))
     where = f"{local}" if local is not None else f"${DATA_ENV} or ../shared/data (neither exists)"
+    if entry.hub is None:
+        raise PutriError(f"dataset {spec!r} has no local copy at {where} and is not fetched from the hub (too large)")
     dataset, config, hub_split = entry.hub
     try:
         return _load_hub(spec, dataset, hub_split, config, "text")
@@ -160,7 +172,7 @@ def _documents(rows: list, source: str) -> list[str]:
     if any(r is not None and not isinstance(r, str) for r in rows):
         kind = next(type(r).__name__ for r in rows if r is not None and not isinstance(r, str))
         raise PutriError(f"{source}: the text column holds {kind} values, not strings")
-    docs = [r.strip("\r\n") for r in rows if r is not None and r.strip()]
+    docs = [r.strip("\r\n") for r in rows if r is not None and r.strip() and r.strip() != STORY_SEPARATOR]
     if not docs:
         raise PutriError(f"{source} holds no text: every row is empty or whitespace")
     return docs

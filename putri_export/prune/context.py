@@ -34,4 +34,4 @@ class PruneContext:
         ids, s = self.calib.ids, self.settings
         count = min(s.attn_samples, ids.shape[0])
         rows = [round(i * ids.shape[0] / count) for i in range(count)]
-        return ids[rows, : s.attn_len]
+        return ids[rows, : s.preset("attn_len")]

@@ -21,7 +21,7 @@ from ..model.blocks import BlockStore
 from ..resume import ResumeStore, fingerprint, model_fingerprint
 from .context import PruneContext
 from .methods import METHODS
-from .settings import PruneSettings
+from .settings import PUTRI_METHODS, PruneSettings
 from .stream import BlockRunner
 
 
@@ -44,10 +44,14 @@ def prune_model(model: PutriForCausalLM, calib: Calibration, settings: PruneSett
     device = model.model.embed_tokens.weight.device
     dense = param_counts(model)
     scoring = settings.scoring(device.type, dense.blocks, streamed=blocks is not None)
-    if blocks is not None and (settings.method != "putri" or scoring != "local"):
+    if blocks is not None and (settings.method not in PUTRI_METHODS or scoring != "local"):
         raise PutriError(f"a streamed model is pruned one block at a time, which --method putri with --attn-scoring "
                          f"local does; {settings.method} with {scoring} scoring revisits blocks: use --streaming off "
                          "(the whole model in memory)")
+    if blocks is not None and (settings.preset("fit_target") == "dense" or settings.reconstruct_epochs):
+        raise PutriError("--fit-target dense (putri-dense-fit's default) and --reconstruct-epochs run a dense copy of "
+                         "the blocks beside the pruned ones, which a streamed model does not hold: use --streaming "
+                         "off, or --method putri")
     if blocks is not None and blocks.work is None:
         raise PutriError("a streamed model needs a work folder for its pruned blocks")
     weights = model_fingerprint(model) if blocks is None else blocks.fingerprint()

@@ -117,6 +117,44 @@ def least_squares_columns(weight: torch.Tensor, hessian: torch.Tensor, keep: tor
     return solution.T.to(weight.dtype).contiguous()
 
 
+def least_squares_to_target(hessian: torch.Tensor, cross: torch.Tensor, keep: torch.Tensor,
+                            damping: float = 0.0) -> torch.Tensor:
+    """New weights for the kept input channels K that best reproduce a *given* target output ``t`` (not the
+    layer's own output): minimises ``sum ||t - W' z_K||^2``, ``W'^T = H[K, K]^-1 C[K, :]`` with ``C = sum z^T t``.
+    Fitting the dense model's output from the pruned stream lets a layer absorb the error of the blocks before it."""
+    keep = keep.to(hessian.device)
+    h_kk = hessian.index_select(0, keep).index_select(1, keep).double()
+    h_kk = damped(h_kk, damping) if damping > 0 else h_kk
+    rhs = cross.index_select(0, keep).double()
+    factor, info = torch.linalg.cholesky_ex(h_kk)
+    if int(info) == 0:
+        solution = torch.cholesky_solve(rhs, factor)
+    else:
+        solution = torch.linalg.lstsq(h_kk, rhs, driver="gelsd" if h_kk.device.type == "cpu" else None).solution
+    return solution.T.contiguous()
+
+
+def iterative_obs_selection(weight: torch.Tensor, hessian: torch.Tensor, tokens: int, keep_count: int,
+                            rounds: int = 16, damping: float = 1e-2) -> torch.Tensor:
+    """The ``keep_count`` input channels to keep, removed in ``rounds`` equal steps (Týr's local pruner): each step
+    re-scores the remaining channels by OBS with the weights least-squares-updated for the channels already gone,
+    so a channel whose work was taken over by another is judged after the update, not before."""
+    n = weight.shape[1]
+    keep = torch.arange(n, device=hessian.device)
+    w = weight.double()
+    to_remove = n - keep_count
+    for r in range(rounds):
+        step = to_remove * (r + 1) // rounds - to_remove * r // rounds
+        if step <= 0:
+            continue
+        h = hessian.index_select(0, keep).index_select(1, keep)
+        current = least_squares_columns(w, hessian, keep) if keep.numel() < n else w
+        scores, _ = obs_scores(current, h, tokens, damping)
+        kept = torch.sort(torch.topk(scores, keep.numel() - step).indices).values
+        keep = keep[kept]
+    return keep
+
+
 def gram_dtype(weight_dtype: torch.dtype) -> torch.dtype:
     """The dtype a Gram matrix is stored and accumulated in: fp64 for fp32 models; fp32 for half-precision ones,
     whose inputs carry 8-11 bits (an 8192-wide FFN's H is then 256 MB instead of 512). Factorizations and solves
@@ -147,27 +185,40 @@ class LinearPruner:
         self.hessian = torch.zeros(width, width, dtype=gram_dtype(self.weight.dtype), device=self.weight.device)
         self.tokens = 0
 
-    def add_batch(self, z: torch.Tensor) -> None:
+        self.cross: torch.Tensor | None = None  # sum z^T t when fitted to a target output t
+
+    def add_batch(self, z: torch.Tensor, target: torch.Tensor | None = None) -> None:
+        """Input rows ``z``; ``target``: the output rows the layer should produce from them (dense-target fit)."""
         z = z.reshape(-1, z.shape[-1])
         gram(z, out=self.hessian)
         self.tokens += z.shape[0]
+        if target is not None:
+            t = target.reshape(-1, target.shape[-1]).double()
+            if self.cross is None:
+                self.cross = torch.zeros(z.shape[1], t.shape[1], dtype=torch.float64, device=z.device)
+            self.cross.addmm_(z.double().T, t)
 
-    def prune(self, keep_count: int, damping: float = 1e-2, update: bool = True,
-              update_damping: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Kept channel indices (sorted), their new columns, and what was done."""
+    def prune(self, keep_count: int, damping: float = 1e-2, update: bool = True, update_damping: float = 0.0,
+              rounds: int = 1) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Kept channel indices (sorted), their new columns, and what was done. ``rounds`` > 1: iterative OBS."""
         self.check()
-        scores, used = obs_scores(self.weight, self.hessian, self.tokens, damping)
-        keep = (torch.sort(torch.topk(scores, keep_count).indices).values if keep_count
-                else torch.zeros(0, dtype=torch.long))
-        if update and keep_count:
-            columns = least_squares_columns(self.weight, self.hessian, keep, update_damping)
+        used = damping
+        if not keep_count:
+            keep = torch.zeros(0, dtype=torch.long)
+        elif rounds > 1:
+            keep = iterative_obs_selection(self.weight, self.hessian, self.tokens, keep_count, rounds, damping)
         else:
-            columns = self.weight[:, keep].clone()
+            scores, used = obs_scores(self.weight, self.hessian, self.tokens, damping)
+            keep = torch.sort(torch.topk(scores, keep_count).indices).values
+        columns = self.refit(keep, update_damping) if update and keep_count else self.weight[:, keep].clone()
         return keep, columns, {"damping": used, "tokens": self.tokens}
 
     def refit(self, keep: torch.Tensor, damping: float = 0.0) -> torch.Tensor:
-        """Least-squares columns for the given kept channels (e.g. the channels of the kept head groups)."""
+        """Least-squares columns for the given kept channels (e.g. the channels of the kept head groups): to the
+        target outputs when they were given, else to the layer's own outputs."""
         self.check()
+        if self.cross is not None:
+            return least_squares_to_target(self.hessian, self.cross, keep, damping).to(self.weight.dtype)
         return least_squares_columns(self.weight, self.hessian, keep, damping)
 
     def check(self) -> None:
@@ -177,7 +228,7 @@ class LinearPruner:
                      "an input row overflowed: check the weights of the blocks before this layer")
 
     def free(self) -> None:
-        self.hessian = None
+        self.hessian = self.cross = None
 
 
 def refit_error(weight: torch.Tensor, hessian: torch.Tensor, keep: torch.Tensor, damping: float = 1e-6) -> float:

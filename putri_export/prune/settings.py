@@ -7,7 +7,17 @@ from dataclasses import dataclass
 from ..errors import PutriError
 from ..options import option
 
-METHOD_NAMES = ("putri", "2ssp", "shortgpt", "flap")
+METHOD_NAMES = ("putri", "putri-dense-fit", "2ssp", "shortgpt", "flap")
+PUTRI_METHODS = ("putri", "putri-dense-fit")
+FIT_TARGETS = ("local", "dense")
+# The values a Putri method's unset options take. "putri" is the paper's algorithm as published plus the o_proj refit
+# (the reference every ratio is measured against); "putri-dense-fit" fits every kept layer to the *dense* model's
+# output from the pruned stream, removes FFN neurons in OBS rounds, refits each FFN once its block's heads are gone,
+# and scores heads on whole calibration windows.
+PRESETS = {
+    "putri": {"obs_rounds": 1, "fit_target": "local", "final_refit": False, "attn_len": 256},
+    "putri-dense-fit": {"obs_rounds": 16, "fit_target": "dense", "final_refit": True, "attn_len": 512},
+}
 ATTN_SCORINGS = ("auto", "loss", "local")
 # auto scores attention locally on CPU from this many block parameters up (loss-based trials cost
 # rounds x candidates x remaining depth forward passes).
@@ -37,22 +47,48 @@ class PruneSettings:
         "globally (cost independent of depth); auto = local when streaming or on CPU from "
         f"{LOCAL_SCORING_FROM_PARAMS / 1e9:g}B block parameters, else loss", choices=ATTN_SCORINGS)
     attn_samples: int = option(2, "calibration samples scoring attention removals")
-    attn_len: int = option(256, "their first tokens")
+    attn_len: int | None = option(None, "their first tokens (default: the method's preset; putri 256, "
+                                  "putri-dense-fit 512)")
+    obs_rounds: int | None = option(None, "FFN neurons removed in this many OBS rounds, re-scored after each "
+                                    "update (default: the method's preset; putri 1, putri-dense-fit 16)")
+    fit_target: str | None = option(None, "what the least-squares updates of down_proj and o_proj reproduce: local = "
+                                    "the layer's own output on the pruned stream (the paper); dense = the dense "
+                                    "model's output, so each layer absorbs the error of the blocks before it "
+                                    "(default: the method's preset)", choices=FIT_TARGETS)
+    reconstruct_epochs: int = option(0, "block reconstruction: train each pruned block's kept weights for this many "
+                                     "passes over the calibration set to reproduce the dense block's output (Putri)")
+    reconstruct_lr: float = option(1e-4, "Adam learning rate of block reconstruction")
+    final_refit: bool | None = option(None, "after the heads are removed, refit each FFN's down_proj once more on "
+                                      "the final pruned stream (default: the method's preset)")
     batch_size: int = option(8, "calibration samples per forward")
     align: int = option(1, "kept FFN widths rounded to multiples of N (Putri, 2SSP), the target still met: 32 lets "
                         "Q8_0/Q4_x quantize every ffn_down row, 256 the K-quants")
+
+    def preset(self, name: str):
+        """The value of a preset option: the one given, else the method's (putri's outside Putri methods)."""
+        value = getattr(self, name)
+        return value if value is not None else PRESETS.get(self.method, PRESETS["putri"])[name]
 
     def check(self) -> None:
         if self.method not in METHOD_NAMES:
             raise PutriError(f"unknown method {self.method!r}; choose one of {', '.join(METHOD_NAMES)}")
         check_sparsity(self.sparsity)
-        if self.attn_samples < 1 or self.attn_len < 2 or self.batch_size < 1:
+        if self.attn_samples < 1 or self.preset("attn_len") < 2 or self.batch_size < 1:
             raise PutriError("attn-samples and batch-size must be >= 1 and attn-len >= 2")
         if self.damping < 0 or self.update_damping < 0:
             raise PutriError("damping must be >= 0")
         if self.align < 1:
             raise PutriError(f"align must be >= 1, got {self.align}")
-        if self.align > 1 and self.method not in ("putri", "2ssp"):
+        if self.reconstruct_epochs < 0 or self.reconstruct_lr <= 0:
+            raise PutriError("reconstruct-epochs must be >= 0 and reconstruct-lr > 0")
+        if self.preset("obs_rounds") < 1:
+            raise PutriError(f"obs-rounds must be >= 1, got {self.obs_rounds}")
+        if self.fit_target not in (None, *FIT_TARGETS):
+            raise PutriError(f"unknown fit-target {self.fit_target!r}; choose one of {', '.join(FIT_TARGETS)}")
+        if self.preset("final_refit") and self.preset("fit_target") != "dense":
+            raise PutriError("--final-refit fits each FFN to the dense model's output: it needs --fit-target dense (a "
+                             "refit to the layer's own output changes nothing)")
+        if self.align > 1 and self.method not in (*PUTRI_METHODS, "2ssp"):
             raise PutriError(f"--align applies to the putri and 2ssp budgets; {self.method} chooses its own widths")
         if self.attn_scoring not in ATTN_SCORINGS:
             raise PutriError(f"unknown attn-scoring {self.attn_scoring!r}; choose one of {', '.join(ATTN_SCORINGS)}")

@@ -13,7 +13,7 @@ from ..errors import PutriError
 from ..model import PutriForCausalLM, keep_ffn_neurons, keep_kv_groups, layer_group_channels
 from .context import PruneContext
 from .obs import LinearPruner
-from .stream import BlockRunner, ChannelMask, Visitor, capture_inputs, sequential
+from .stream import BlockRunner, ChannelMask, DenseStream, Visitor, batches, capture_inputs, inputs_of, sequential
 
 # ---------------------------------------------------------------------------------------------
 # FFN pass: block by block, resumable after every block
@@ -198,13 +198,29 @@ def masked_groups(model: PutriForCausalLM, masks: dict[int, ChannelMask]) -> dic
     return removed
 
 
-def remove_head_groups(ctx: PruneContext, removed: dict[int, list[int]], refit: bool) -> list[dict]:
+def fit_inputs(pruner: LinearPruner, module: torch.nn.Module, run: Callable[[slice], object], n: int,
+               batch_size: int, target: Callable[[slice], torch.Tensor] | None) -> None:
+    """Feed ``pruner`` the input rows of ``module`` while ``run(b)`` runs each batch ``b`` of the ``n`` calibration
+    samples, paired with ``target(b)`` (the output rows the module should produce) when given."""
+    if target is None:
+        with capture_inputs(module, pruner.add_batch):
+            for b in batches(n, batch_size):
+                run(b)
+        return
+    for b in batches(n, batch_size):
+        pruner.add_batch(inputs_of(module, lambda b=b: run(b)), target(b))
+
+
+def remove_head_groups(ctx: PruneContext, removed: dict[int, list[int]], refit: bool,
+                       dense: DenseStream | None = None) -> list[dict]:
     """Physically delete head groups; with ``refit``, re-solve the kept o_proj columns by least squares on the
-    o_proj inputs of the already-pruned model, block by block (sequential, like stage 1)."""
+    o_proj inputs of the already-pruned model, block by block (sequential, like stage 1): to the attention's own
+    output, or with ``dense`` to the dense model's (its post-attention stream minus the pruned input stream)."""
     model, runner, s = ctx.model, ctx.runner, ctx.settings
     log: list[dict] = []
 
     def remove(l: int, x: torch.Tensor | None) -> None:
+        h_dense = dense.step(l)[0] if dense is not None and x is not None else None
         groups = removed.get(l, [])
         if not groups:
             return
@@ -213,13 +229,15 @@ def remove_head_groups(ctx: PruneContext, removed: dict[int, list[int]], refit: 
         columns = None
         if x is not None and keep_groups:
             pruner = LinearPruner(layer.self_attn.o_proj.weight)
-            with capture_inputs(layer.self_attn.o_proj, pruner.add_batch):
-                runner.attention(layer, x)
+            target = None if h_dense is None else (lambda b: h_dense[b] - x[b])
+            fit_inputs(pruner, layer.self_attn.o_proj, lambda b: runner.attention(layer, x[b]), x.shape[0],
+                       runner.batch_size, target)
             columns = pruner.refit(layer_group_channels(model, l, keep_groups), s.update_damping)
         keep_kv_groups(model, l, keep_groups)
         if columns is not None:
             layer.self_attn.o_proj.weight.data.copy_(columns)
-        log.append({"layer": l, "kept_groups": keep_groups, "refit": columns is not None})
+        log.append({"layer": l, "kept_groups": keep_groups, "refit": columns is not None,
+                    "fit_target": "dense" if h_dense is not None else "local"})
 
     if refit:
         sequential(runner, runner.embed(ctx.calib.ids), attention=lambda l, x: remove(l, x),
@@ -227,4 +245,79 @@ def remove_head_groups(ctx: PruneContext, removed: dict[int, list[int]], refit: 
     else:
         for l in range(model.config.num_hidden_layers):
             remove(l, None)
+    return log
+
+
+def refit_ffns(ctx: PruneContext, dense: DenseStream) -> list[dict]:
+    """One more pass once every block has its final widths: each FFN's down_proj columns re-solved by least squares
+    to the dense model's FFN output (its block output minus the pruned post-attention stream), on the stream of the
+    finished pruned model (its heads were removed after its FFN was fitted)."""
+    model, runner, s = ctx.model, ctx.runner, ctx.settings
+    log: list[dict] = []
+
+    def refit(l: int, h: torch.Tensor) -> None:
+        y_dense = dense.step(l)[1]
+        layer = model.model.layers[l]
+        if layer.mlp is None:
+            return
+        down = layer.mlp.down_proj
+        pruner = LinearPruner(down.weight)
+        fit_inputs(pruner, down, lambda b: runner.ffn(layer, h[b]), h.shape[0], runner.batch_size,
+                   lambda b: y_dense[b] - h[b])
+        down.weight.data.copy_(pruner.refit(torch.arange(down.in_features), s.update_damping))
+        log.append({"layer": l, "width": down.in_features, "tokens": pruner.tokens})
+        pruner.free()
+
+    sequential(runner, runner.embed(ctx.calib.ids), ffn=refit, desc="final FFN refit to the dense model",
+               progress=ctx.progress)
+    return log
+
+
+def relative_block_error(runner: BlockRunner, layer: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> float:
+    """``mean((block(x) - target)²) / mean(target²)``."""
+    return float((runner.block(layer, x) - target).double().pow(2).mean() / target.double().pow(2).mean())
+
+
+def train_block(runner: BlockRunner, layer: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, epochs: int,
+                lr: float, generator: torch.Generator) -> None:
+    """Adam on every floating-point parameter of ``layer`` for ``epochs`` shuffled passes over the samples of ``x``,
+    minimising the block's mean squared error to ``target`` (relative to the target's energy)."""
+    params = [p for p in layer.parameters() if p.is_floating_point()]
+    if not params or epochs <= 0:
+        return
+    scale = float(target.double().pow(2).mean())
+    optimizer = torch.optim.Adam(params, lr=lr)
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            for _ in range(epochs):
+                for idx in torch.randperm(x.shape[0], generator=generator).split(runner.batch_size):
+                    idx = idx.to(x.device)
+                    loss = (runner.block_batch(layer, x[idx]) - target[idx]).pow(2).mean() / scale
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+
+
+def reconstruct_blocks(ctx: PruneContext, dense: DenseStream, epochs: int, lr: float) -> list[dict]:
+    """Block reconstruction: block by block, every kept weight of the pruned block (projections and norms) is trained
+    (:func:`train_block`) so that the block's output on the *pruned* stream matches the dense model's block output on
+    the dense stream; the stream then advances through the trained block. Memory: one block's gradients and Adam
+    state beside the two streams."""
+    runner = ctx.runner
+    x = runner.embed(ctx.calib.ids)
+    generator = torch.Generator().manual_seed(0)
+    log: list[dict] = []
+    for l in tqdm(range(len(runner.layers)), desc="block reconstruction", unit="block", disable=not ctx.progress):
+        layer = runner.layers[l]
+        y_dense = dense.step(l)[1]
+        before = relative_block_error(runner, layer, x, y_dense)
+        train_block(runner, layer, x, y_dense, epochs, lr, generator)
+        log.append({"layer": l, "relative_error_before": before,
+                    "relative_error_after": relative_block_error(runner, layer, x, y_dense)})
+        x = runner.block(layer, x)
     return log

@@ -105,6 +105,13 @@ class BlockRunner:
     def block(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return self.ffn(layer, self.attention(layer, x))
 
+    def block_batch(self, layer: nn.Module, xb: torch.Tensor) -> torch.Tensor:
+        """One batch through a block, differentiable (what block reconstruction trains through)."""
+        h = xb
+        if layer.self_attn is not None:
+            h = h + layer.self_attn(layer.input_layernorm(xb), **self.kwargs(xb))[0]
+        return h if layer.mlp is None else h + layer.mlp(layer.post_attention_layernorm(h))
+
     def blocks(self, x: torch.Tensor, start: int = 0,
                entering: list[torch.Tensor | None] | None = None) -> torch.Tensor:
         """Blocks ``start``…L−1; ``entering[l]`` receives the hidden states entering block l when given."""
@@ -193,6 +200,30 @@ def sequential(runner: BlockRunner, hidden: torch.Tensor, *, attention: Visitor 
             after_block(l, hidden, out)
         hidden = out
     return hidden
+
+
+class DenseStream:
+    """The dense model's hidden states beside the pruned stream, advanced one block at a time on a frozen copy of
+    the dense blocks: what dense-target least squares fits each pruned layer to."""
+
+    def __init__(self, dense_model: nn.Module, ids: torch.Tensor, batch_size: int = 8):
+        self.runner = BlockRunner(dense_model, batch_size)
+        self.ids = ids
+        self.x: torch.Tensor | None = None
+        self.next = 0
+
+    def step(self, l: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block ``l``'s dense hidden states after its attention and after the block (blocks before ``l`` are run
+        first when skipped, e.g. on resume)."""
+        if self.x is None or l < self.next:
+            self.x, self.next = self.runner.embed(self.ids), 0
+        while True:
+            layer = self.runner.layers[self.next]
+            h = self.runner.attention(layer, self.x)
+            y = self.runner.ffn(layer, h)
+            self.x, self.next = y, self.next + 1
+            if self.next > l:
+                return h, y
 
 
 class ChannelMask:

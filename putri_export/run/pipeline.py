@@ -133,7 +133,8 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
     else:
         from ..prune import PruneSettings, prune_model
 
-        report = prune_model(model, calib, PruneSettings(sparsity=recipe.sparsity, align=recipe.align),
+        settings = PruneSettings(method=recipe.method, sparsity=recipe.sparsity, align=recipe.align)
+        report = prune_model(model, calib, settings,
                              state_dir=out.parent / "prune-state", resume=True, blocks=blocks)
         files = {"pruning_report.json": json.dumps(report, indent=2) + "\n"}
     report["threads"] = torch.get_num_threads()

@@ -21,6 +21,17 @@ def test_builtin_names_resolve_to_shared_copies():
     assert load_corpus("tinystories:train").source.endswith("tinystories/train-head.txt")
 
 
+def test_the_cleaner_calibration_corpora():
+    raw = load_corpus("wikitext2:valid-raw")
+    assert raw.source.endswith("wikitext-2-raw/wiki.valid.raw") and "<unk>" not in raw.text
+    assert "<unk>" in load_corpus("wikitext2:valid").text  # why the raw split exists
+    stories = load_corpus("tinystories:train-2mib")
+    assert "<|endoftext|>" not in stories.text and len(stories.text) > 1_900_000  # separators dropped, text kept
+    c4 = load_corpus("c4")
+    assert c4.source.endswith("c4-en-train-00000-first1000.jsonl") and len(c4.documents) == 1000
+    assert c4.documents[0].startswith("Beginners BBQ Class")
+
+
 def test_local_formats_agree(tmp_path):
     docs = ["First document.", "Second one, longer.", "Third."]
     (tmp_path / "a.txt").write_text("\n".join(docs[:2]) + "\n\n" + docs[2] + "\n")

@@ -132,3 +132,32 @@ def test_group_removal_curve_equals_refitting_every_candidate():
     # Global allocation: the cheapest next removal first, never more groups than a layer has.
     assert allocate_removals({0: [0.0, 1.0, 5.0], 1: [0.0, 2.0, 2.5], 2: [0.0, 9.0]}, 3) == {0: 1, 1: 2, 2: 0}
     assert allocate_removals({0: [0.0, 1.0]}, 5) == {0: 1}
+
+
+def test_least_squares_to_a_target_recovers_the_map_that_made_it():
+    from putri_export.prune.obs import least_squares_to_target
+
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(500, 12, generator=g, dtype=torch.float64)
+    true = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    keep = torch.tensor([0, 2, 3, 5, 7, 8, 9, 11])
+    target = z[:, keep] @ true.T  # reachable from the kept channels exactly
+    pruner = LinearPruner(torch.randn(5, 12, generator=g))  # (its own weights are irrelevant; fp32 as a model's)
+    for part in (slice(0, 200), slice(200, 500)):
+        pruner.add_batch(z[part].float(), target[part].float())
+    torch.testing.assert_close(pruner.refit(keep), true.float(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(least_squares_to_target(z.T @ z, z.T @ target, keep), true)
+
+
+def test_iterative_obs_with_one_round_is_the_one_shot_choice_and_finds_a_redundant_pair():
+    from putri_export.prune.obs import iterative_obs_selection
+
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(400, 10, generator=g, dtype=torch.float64)
+    z[:, 9] = z[:, 8] + 1e-3 * torch.randn(400, generator=g, dtype=torch.float64)  # a near-copy of channel 8
+    w = torch.randn(4, 10, generator=g, dtype=torch.float64)
+    h = z.T @ z
+    one_shot = torch.sort(torch.topk(obs_scores(w, h, 400)[0], 6).indices).values
+    assert torch.equal(iterative_obs_selection(w, h, 400, 6, rounds=1), one_shot)
+    kept = iterative_obs_selection(w, h, 400, 9, rounds=4)
+    assert kept.numel() == 9 and not ({8, 9} <= set(kept.tolist()))  # one of the pair goes: the other carries both

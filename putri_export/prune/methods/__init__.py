@@ -9,7 +9,8 @@ from ..settings import METHOD_NAMES
 from . import flap, putri, shortgpt, twossp
 
 METHODS: dict[str, Callable[[PruneContext], dict]] = {
-    "putri": putri.prune, "2ssp": twossp.prune, "shortgpt": shortgpt.prune, "flap": flap.prune}
+    "putri": putri.prune, "putri-dense-fit": putri.prune, "2ssp": twossp.prune, "shortgpt": shortgpt.prune,
+    "flap": flap.prune}
 assert tuple(METHODS) == METHOD_NAMES
 
 __all__ = ["METHODS"]

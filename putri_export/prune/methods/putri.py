@@ -11,6 +11,7 @@ that error relative to the stream's energy: one pass, whatever the depth.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict
 
 import torch
@@ -19,12 +20,22 @@ from ...model import keep_ffn_neurons, layer_group_channels
 from ..budget import split_budget
 from ..context import PruneContext
 from ..obs import LinearPruner, allocate_removals, group_removal_curve
-from ..stages import attention_stage, ffn_pass, masked_groups, remove_head_groups
-from ..stream import capture_inputs
+from ..stages import (
+    attention_stage,
+    ffn_pass,
+    fit_inputs,
+    masked_groups,
+    reconstruct_blocks,
+    refit_ffns,
+    remove_head_groups,
+)
+from ..stream import DenseStream, capture_inputs
 
 
-def prune_ffns(ctx: PruneContext, keep: list[int], score_attention: bool = False) -> list[dict]:
-    """Stage 1: every FFN to ``keep[l]`` neurons, each fitted on the pruned prefix's outputs. With
+def prune_ffns(ctx: PruneContext, keep: list[int], score_attention: bool = False,
+               dense: DenseStream | None = None) -> list[dict]:
+    """Stage 1: every FFN to ``keep[l]`` neurons, each fitted on the pruned prefix's outputs (to the FFN's own
+    output, or with ``dense`` to the dense model's block output minus the pruned post-attention stream). With
     ``score_attention``, each layer's KV-head groups are also scored locally on the same stream (the log entry's
     ``attention_local``: removal order and refit-error curve relative to the stream's energy)."""
     model, runner, s = ctx.model, ctx.runner, ctx.settings
@@ -46,6 +57,7 @@ def prune_ffns(ctx: PruneContext, keep: list[int], score_attention: bool = False
         return h
 
     def visit(l: int, h: torch.Tensor) -> tuple[dict, None]:
+        y_dense = dense.step(l)[1] if dense is not None else None  # (the block is still dense here)
         layer = model.model.layers[l]
         width = model.config.intermediate_size_per_layer[l]
         entry = {"layer": l, "width": width, "kept": min(keep[l], width)}
@@ -57,9 +69,9 @@ def prune_ffns(ctx: PruneContext, keep: list[int], score_attention: bool = False
             keep_ffn_neurons(model, l, [])
             return entry, None
         pruner = LinearPruner(layer.mlp.down_proj.weight)
-        with capture_inputs(layer.mlp.down_proj, pruner.add_batch):
-            runner.ffn(layer, h)
-        kept, columns, info = pruner.prune(keep[l], s.damping, s.update, s.update_damping)
+        fit_inputs(pruner, layer.mlp.down_proj, lambda b: runner.ffn(layer, h[b]), h.shape[0], runner.batch_size,
+                   None if y_dense is None else (lambda b: y_dense[b] - h[b]))
+        kept, columns, info = pruner.prune(keep[l], s.damping, s.update, s.update_damping, s.preset("obs_rounds"))
         pruner.free()
         entry.update(info)
         keep_ffn_neurons(model, l, kept.tolist())
@@ -78,14 +90,28 @@ def local_head_groups(ffn_log: list[dict], count: int) -> dict[int, list[int]]:
 
 
 def prune(ctx: PruneContext) -> dict:
-    budget = split_budget(ctx.model, ctx.settings.sparsity, ctx.settings.alpha, ctx.settings.align)
+    s = ctx.settings
+    budget = split_budget(ctx.model, s.sparsity, s.alpha, s.align)
     scoring = ctx.attn_scoring
-    ffn_log = prune_ffns(ctx, budget.ffn_keep, score_attention=scoring == "local")
+    # dense-target fits read the dense blocks beside the pruned ones: a frozen copy, taken before any change
+    dense = s.preset("fit_target") == "dense"
+    dense_model = copy.deepcopy(ctx.model) if dense or s.reconstruct_epochs else None
+
+    def dense_stream() -> DenseStream | None:
+        return None if dense_model is None else DenseStream(dense_model, ctx.calib.ids, s.batch_size)
+
+    ffn_log = prune_ffns(ctx, budget.ffn_keep, score_attention=scoring == "local",
+                         dense=dense_stream() if dense else None)
     if scoring == "local":
         removed, rounds = local_head_groups(ffn_log, budget.head_groups), []
     else:
         masks, rounds = attention_stage(ctx, budget.n_attn, budget.groups_per_layer, unit="group")
         removed = masked_groups(ctx.model, masks)
-    attn_log = remove_head_groups(ctx, removed, refit=ctx.settings.o_refit)
+    attn_log = remove_head_groups(ctx, removed, refit=s.o_refit, dense=dense_stream() if dense else None)
+    pruned = any(e["kept"] < e["width"] for e in ffn_log) or any(removed.values())  # else a refit is a no-op
+    refit_log = refit_ffns(ctx, dense_stream()) if s.preset("final_refit") and pruned else []
+    reconstruction = reconstruct_blocks(ctx, dense_stream(), s.reconstruct_epochs, s.reconstruct_lr) if (
+        s.reconstruct_epochs and pruned) else []
     return {"budget": asdict(budget), "attention_scoring": scoring, "ffn": ffn_log, "attention_rounds": rounds,
-            "attention": attn_log}
+            "attention": attn_log, "final_refit": refit_log, "reconstruction": reconstruction,
+            "preset": {k: s.preset(k) for k in ("obs_rounds", "fit_target", "final_refit", "attn_len")}}

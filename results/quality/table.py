@@ -1,0 +1,46 @@
+"""The ablation table of results/quality from WORK_DIR's perplexity JSONs and reports.
+
+    python results/quality/table.py WORK_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROWS = [("putri", "paper preset (`--method putri`)"), ("obs-rounds", "+ 16 OBS rounds"),
+        ("dense-target", "+ dense-target least squares"), ("dense-fit", "`putri-dense-fit` (all closed-form changes)"),
+        ("dense-fit-rec4", "`putri-dense-fit` + block reconstruction (4 epochs, lr 1e-4)")]
+
+
+def seconds_and_rss(log: Path) -> tuple[str, str]:
+    if not log.is_file():
+        return "", ""
+    text = log.read_text()
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", text)
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    return (wall.group(1) if wall else "", f"{int(rss.group(1)) / 1024:,.0f}" if rss else "")
+
+
+def main(work: Path) -> None:
+    ppl = {}
+    for f in work.glob("full-*-*.json"):
+        d = json.loads(f.read_text())
+        name, corpus = f.stem.removeprefix("full-").rsplit("-", 1)
+        ppl[name, corpus] = d["perplexity"]
+    base = {c: ppl.get(("putri", c)) for c in ("wikitext2", "tinystories")}
+    print("| row | WikiText-2 (589 × 512) | ÷ paper | TinyStories (378 × 512) | ÷ paper | wall time | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, label in ROWS:
+        cells = []
+        for c in ("wikitext2", "tinystories"):
+            v = ppl.get((name, c))
+            cells += [f"{v:.2f}" if v else "–", f"{v / base[c]:.3f}" if v and base[c] else "–"]
+        wall, rss = seconds_and_rss(work / f"{name}.log")
+        print(f"| {label} | " + " | ".join(cells) + f" | {wall or '–'} | {rss or '–'} |")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
