@@ -97,24 +97,25 @@ def least_squares_columns(weight: torch.Tensor, hessian: torch.Tensor, keep: tor
     ``W'^T = H[K, K]^-1 H[K, :] W^T``. Exact when the removed channels are linear combinations of
     kept ones. Falls back to a least-squares solve when H[K, K] is singular.
     """
-    w = weight.double()
-    h = hessian
-    keep = keep.to(h.device)
-    rows = h.index_select(0, keep).double()  # H[K, :] (H may be stored in fp32; the solve is fp64)
-    rhs = rows @ w.T
+    keep = keep.to(hessian.device)
+    rows = hessian.index_select(0, keep).double()  # H[K, :] (H may be stored in fp32; the solve is fp64)
+    rhs = rows @ weight.double().T
     h_kk = rows.index_select(1, keep)
     del rows
+    return _solve_kept(h_kk, rhs, damping).T.to(weight.dtype).contiguous()
+
+
+def _solve_kept(h_kk: torch.Tensor, rhs: torch.Tensor, damping: float) -> torch.Tensor:
+    """``H[K, K]^-1 rhs`` (fp64): Cholesky in one working copy, a least-squares solve when H[K, K] is singular."""
     h_kk = damped(h_kk, damping) if damping > 0 else h_kk
     factor = _working_copy(h_kk)
-    info = torch.empty((), dtype=torch.int32, device=h.device)
+    info = torch.empty((), dtype=torch.int32, device=h_kk.device)
     torch.linalg.cholesky_ex(factor, out=(factor, info))
     if int(info) == 0:
         del h_kk
-        solution = torch.cholesky_solve(rhs, factor)
-    else:
-        del factor
-        solution = torch.linalg.lstsq(h_kk, rhs, driver="gelsd" if h.device.type == "cpu" else None).solution
-    return solution.T.to(weight.dtype).contiguous()
+        return torch.cholesky_solve(rhs, factor)
+    del factor
+    return torch.linalg.lstsq(h_kk, rhs, driver="gelsd" if h_kk.device.type == "cpu" else None).solution
 
 
 def least_squares_to_target(hessian: torch.Tensor, cross: torch.Tensor, keep: torch.Tensor,
@@ -124,14 +125,7 @@ def least_squares_to_target(hessian: torch.Tensor, cross: torch.Tensor, keep: to
     Fitting the dense model's output from the pruned stream lets a layer absorb the error of the blocks before it."""
     keep = keep.to(hessian.device)
     h_kk = hessian.index_select(0, keep).index_select(1, keep).double()
-    h_kk = damped(h_kk, damping) if damping > 0 else h_kk
-    rhs = cross.index_select(0, keep).double()
-    factor, info = torch.linalg.cholesky_ex(h_kk)
-    if int(info) == 0:
-        solution = torch.cholesky_solve(rhs, factor)
-    else:
-        solution = torch.linalg.lstsq(h_kk, rhs, driver="gelsd" if h_kk.device.type == "cpu" else None).solution
-    return solution.T.contiguous()
+    return _solve_kept(h_kk, cross.index_select(0, keep).double(), damping).T.contiguous()
 
 
 def iterative_obs_selection(weight: torch.Tensor, hessian: torch.Tensor, tokens: int, keep_count: int,
@@ -172,7 +166,22 @@ def gram(z: torch.Tensor, out: torch.Tensor | None = None, chunk: int = 8192) ->
     return h
 
 
-class LinearPruner:
+class GramStats:
+    """``H = sum z^T z`` of a linear layer's input rows and their count, in :func:`gram_dtype` of the weights."""
+
+    def __init__(self, width: int, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"):
+        self.hessian = torch.zeros(width, width, dtype=dtype, device=device)
+        self.tokens = 0
+
+    def add_batch(self, z: torch.Tensor) -> None:
+        z = z.reshape(-1, z.shape[-1])
+        if self.hessian.device != z.device:  # kept where the layer runs
+            self.hessian = self.hessian.to(z.device)
+        gram(z, out=self.hessian)
+        self.tokens += z.shape[0]
+
+
+class LinearPruner(GramStats):
     """One accumulator per linear layer (SparseGPT's shape): ``add_batch`` is fed the layer's input rows by a
     hook and accumulates ``H = sum z^T z`` (fp64); ``prune`` keeps the best input channels by OBS x output
     energy and returns their least-squares-updated columns; ``free`` drops H.
@@ -180,18 +189,14 @@ class LinearPruner:
 
     def __init__(self, weight: torch.Tensor):
         self.weight = weight.detach()
-        width = self.weight.shape[1]
         # On the weight's device: a block pruned on a GPU accumulates its statistics there.
-        self.hessian = torch.zeros(width, width, dtype=gram_dtype(self.weight.dtype), device=self.weight.device)
-        self.tokens = 0
-
+        super().__init__(self.weight.shape[1], gram_dtype(self.weight.dtype), self.weight.device)
         self.cross: torch.Tensor | None = None  # sum z^T t when fitted to a target output t
 
     def add_batch(self, z: torch.Tensor, target: torch.Tensor | None = None) -> None:
         """Input rows ``z``; ``target``: the output rows the layer should produce from them (dense-target fit)."""
         z = z.reshape(-1, z.shape[-1])
-        gram(z, out=self.hessian)
-        self.tokens += z.shape[0]
+        super().add_batch(z)
         if target is not None:
             t = target.reshape(-1, target.shape[-1]).double()
             if self.cross is None:

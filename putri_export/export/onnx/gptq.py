@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ...model.blocks import BlockStore
-from ...prune.obs import gram, gram_dtype
+from ...prune.obs import GramStats, gram_dtype
 from ..linear_inputs import SHARED_INPUTS, observe_linear_inputs, sublayer
 
 BITS = 4
@@ -27,21 +27,6 @@ LEVELS = 1 << BITS  # codes 0…15; weight = (code - zero point) · scale
 MID = LEVELS // 2  # the zero point of the symmetric grid, implied when the node stores none
 # Each block's range is shrunk by the factor of this grid that minimises its diag(H)-weighted rounding error.
 SHRINKS = torch.linspace(1.0, 0.7, 16)
-
-
-class GramStats:
-    """``H = Σ x xᵀ`` of a linear's input rows and their count (fp64 for fp32 models)."""
-
-    def __init__(self, width: int, dtype: torch.dtype = torch.float64):
-        self.hessian = torch.zeros(width, width, dtype=dtype)
-        self.tokens = 0
-
-    def add_batch(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1])
-        if self.hessian.device != x.device:
-            self.hessian = self.hessian.to(x.device)
-        gram(x, out=self.hessian)
-        self.tokens += x.shape[0]
 
 
 def _grid(w: torch.Tensor, shrink: torch.Tensor, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,10 +153,9 @@ def gptq_weights(model: nn.Module, ids: torch.Tensor, blocks: BlockStore | None 
     out: dict[str, tuple] = {}
     bar = tqdm(total=sum(1 for _ in model.model.layers), desc="GPTQ int4", unit="block", disable=not progress)
 
-    def quantize_block(_l: int, layer: nn.Module, stats: dict[str, GramStats]) -> None:
+    def quantize_block(l: int, layer: nn.Module, stats: dict[str, GramStats]) -> None:
         for key, acc in stats.items():
-            observed = key.rsplit(".", 2)[-2] + "." + key.rsplit(".", 1)[-1]
-            for name in SHARED_INPUTS[observed]:
+            for name in SHARED_INPUTS[key.removeprefix(f"model.layers.{l}.")]:
                 module = sublayer(layer, name)
                 if module is None:
                     continue

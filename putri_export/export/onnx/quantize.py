@@ -126,7 +126,7 @@ def quantize_weights(src: Path, dst: Path, bits: int, method: str = DEFAULT_INT4
 
     gptq = bits == 4 and method.startswith("gptq")
     if gptq and not gptq_codes:
-        raise PutriError("int4 method gptq needs calibration text (GPTQ's Gram matrices): give --calibration-data")
+        raise PutriError("int4 method gptq needs calibration text (GPTQ's Gram matrices): give --gptq-data")
 
     for name in ("onnxruntime.quantization.matmul_nbits_quantizer", "onnxruntime.quantization.neural_compressor"):
         logging.getLogger(name).setLevel(logging.WARNING)
