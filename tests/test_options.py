@@ -8,6 +8,7 @@ import pytest
 
 from putri_export.options import add_options, given_options
 from putri_export.prune import PruneSettings
+from putri_export.recover import RecoverSettings
 from putri_export.run import Recipe
 from putri_export.search import SearchSettings
 
@@ -35,12 +36,13 @@ def test_choices_come_from_the_settings(capsys):
 
 
 def test_every_setting_has_a_flag_and_help():
-    for cls in (PruneSettings, SearchSettings, Recipe):
+    for cls in (PruneSettings, SearchSettings, Recipe, RecoverSettings):
         parser = argparse.ArgumentParser()
         add_options(parser, cls)
         flags = {a.dest for a in parser._actions if a.dest != "help"}
-        fields = set(cls.__dataclass_fields__) - {"search_options"}  # a mapping: recipe files only
-        assert fields <= flags | {"search_options"}, fields - flags
+        mappings = {"search_options", "recover_options"}  # recipe files only
+        fields = set(cls.__dataclass_fields__) - mappings
+        assert fields <= flags | mappings, fields - flags
         assert all(a.help and "(default:" in a.help for a in parser._actions if a.dest in fields)
 
 

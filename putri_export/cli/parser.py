@@ -14,6 +14,7 @@ from .commands import (
     cmd_export,
     cmd_info,
     cmd_prune,
+    cmd_recover,
     cmd_run,
     cmd_search,
     cmd_serve,
@@ -85,13 +86,30 @@ def _add_search(sub) -> None:
     p.set_defaults(func=cmd_search)
 
 
+def _add_recover(sub) -> None:
+    from ..recover import RecoverSettings
+
+    p = sub.add_parser("recover", help="distil the dense model into a pruned checkpoint (same widths, every "
+                       "exporter unchanged)")
+    p.add_argument("model", help="pruned HF checkpoint folder")
+    p.add_argument("--teacher", help="the dense model (default: the source model its pruning report records)")
+    p.add_argument("--out", required=True, help="output checkpoint folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--resume", action="store_true", help="continue from the last saved step (teacher outputs kept)")
+    p.add_argument("--state-dir", help="teacher cache and training state for --resume (default: under the cache)")
+    p.add_argument("--threads", type=int, default=None)
+    add_options(p, RecoverSettings)
+    add_options(p, ComputeSettings, only=["device"])
+    p.set_defaults(func=cmd_recover)
+
+
 def _add_run(sub) -> None:
     from ..run import Recipe
 
     p = sub.add_parser("run", help="prune → export → verify → evaluate → benchmark, with report.md")
     p.add_argument("model", nargs="?", help="HF folder or built-in name (smollm2-135m)")
     p.add_argument("--recipe", help="JSON or YAML file of settings (flags given here win)")
-    add_options(p, Recipe, skip=("model", "search_options"))
+    add_options(p, Recipe, skip=("model", "search_options", "recover_options"))
     p.add_argument("--out", required=True, help="output folder (report.md, model/, artifacts/, bench/)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished step")
@@ -199,8 +217,8 @@ def _add_serve(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="putri-export", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_eval, _add_prune, _add_run, _add_search, _add_export, _add_verify, _add_bench,
-                _add_serve):
+    for add in (_add_info, _add_eval, _add_prune, _add_recover, _add_run, _add_search, _add_export, _add_verify,
+                _add_bench, _add_serve):
         add(sub)
     return parser
 

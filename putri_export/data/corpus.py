@@ -55,6 +55,8 @@ BUILTIN_DATA: dict[str, dict[str, BuiltinSplit]] = {
     "c4": {"train": BuiltinSplit("c4/c4-en-train-00000-first1000.jsonl", None)},
 }
 DEFAULT_SPLIT = {"wikitext2": "test", "tinystories": "validation", "c4": "train"}
+# What perplexities are reported on: text that trains a model (recovery) must never be one of these.
+EVALUATION_SPLITS = (("wikitext2", "test"), ("tinystories", "validation"))
 # TinyStories' own files separate stories with this line; it is a separator, not text
 STORY_SEPARATOR = "<|endoftext|>"
 
@@ -92,6 +94,20 @@ def load_corpus(spec: str, text_column: str = "text") -> Corpus:
     if path.suffix in LOCAL_SUFFIXES or os.sep in spec:
         raise PutriError(f"data file not found: {spec}")
     return _load_hub(spec, name, split or "train", None, text_column, builtin_hint=True)
+
+
+def is_evaluation_text(corpus: Corpus) -> bool:
+    """Whether ``corpus`` was read from an evaluation split (by built-in name, its local file or its hub split)."""
+    data_dir = local_data_dir()
+    for name, split in EVALUATION_SPLITS:
+        builtin = BUILTIN_DATA[name][split]
+        if data_dir is not None and Path(corpus.source).resolve() == (data_dir / builtin.local).resolve():
+            return True
+        if builtin.hub is not None:
+            dataset, config, hub_split = builtin.hub
+            if corpus.source == hub_source(dataset, config, hub_split):
+                return True
+    return False
 
 
 ACCEPTED = ("accepted: UTF-8 text (.txt/.raw, one document per non-empty line), JSON lines (.jsonl/.json) with a "
@@ -135,6 +151,11 @@ def _load_builtin(name: str, split: str, spec: str) -> Corpus:
                          f"({e})") from None
 
 
+def hub_source(dataset: str, config: str | None, split: str) -> str:
+    """How a hub dataset split is named in a corpus's ``source``."""
+    return f"hub:{dataset}" + (f"/{config}" if config else "") + f":{split}"
+
+
 def hub_unreachable_reason() -> str | None:
     """Why the Hugging Face hub cannot be used (offline mode, no route), or None; answers in seconds."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or \
@@ -164,7 +185,7 @@ def _load_hub(spec: str, dataset: str, split: str, config: str | None, text_colu
                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     if text_column not in ds.column_names:
         raise PutriError(f"hub dataset {dataset!r} has no column {text_column!r} (columns: {ds.column_names})")
-    source = f"hub:{dataset}" + (f"/{config}" if config else "") + f":{split}"
+    source = hub_source(dataset, config, split)
     return Corpus(spec, source, _documents(ds[text_column], source))
 
 

@@ -72,8 +72,13 @@ def run_pipeline(recipe: Recipe, out: Path, overwrite: bool = False, resume: boo
     store = ResumeStore(staging, fingerprint(asdict(recipe)), resume, what="run", state_file="run_state.json")
     start = time.perf_counter()
 
+    # model/ is always what the artifacts are made from: with --recover the recovered model (the pruned one beside it)
     pruned_dir = staging / "model"
-    prune_info = _step(store, "prune", _prune, recipe, dense_dir, pruned_dir)
+    prune_info = _step(store, "prune", _prune, recipe, dense_dir, staging / "model-pruned" if recipe.recover
+                       else pruned_dir)
+    if recipe.recover:
+        prune_info["recovery"] = _step(store, "recover", _recover, recipe, dense_dir, staging / "model-pruned",
+                                       pruned_dir)
     artifacts = []
     for fmt in recipe.formats:
         for variant in recipe.variants(fmt):
@@ -143,6 +148,32 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
             "sparsity_blocks", "sparsity_total", "widths", "peak_rss_mb", "threads")
     return {k: report.get(k) for k in keys} | {"seconds": report.get("prune_seconds", report.get("seconds")),
                                                "dense_widths": dense_widths.to_json()}
+
+
+def _recover(recipe: Recipe, dense_dir: Path, pruned_dir: Path, out: Path) -> dict:
+    import torch
+
+    from ..compute import resolve_device
+    from ..model import load_model, save_checkpoint
+    from ..recover import recover_model
+
+    settings = recipe.recover_settings()
+    _say(f"recovering the pruned model by distillation from {recipe.model} (at most {settings.max_minutes:g} min, "
+         f"{settings.tokens:,} tokens)")
+    device = resolve_device(recipe.device)
+    student, tokenizer = load_model(pruned_dir)
+    teacher, _ = load_model(dense_dir)
+    report = recover_model(student.to(device), teacher.to(device), tokenizer, settings,
+                           state_dir=out.parent / "recover-state", resume=True)
+    report["threads"] = torch.get_num_threads()
+    if out.exists():
+        shutil.rmtree(out)
+    save_checkpoint(student.cpu(), tokenizer, out, source_dir=pruned_dir, extra_files={
+        "recovery_report.json": json.dumps(report, indent=2) + "\n",
+        **{name: (pruned_dir / name).read_text() for name in ("pruning_report.json", "search_report.json")
+           if (pruned_dir / name).is_file()}})
+    keys = ("steps", "tokens", "stopped_by", "seconds", "held_out_kl_before", "held_out_kl_after", "peak_rss_mb")
+    return {k: report[k] for k in keys} | {"data": settings.data, "lr": settings.lr}
 
 
 def _export(fmt: str, variant: str, src: Path, out: Path, recipe: Recipe) -> dict:

@@ -37,6 +37,10 @@ class Recipe:
     calib_samples: int = option(64, "calibration windows")
     calib_len: int = option(512, "tokens per calibration window")
     search_options: dict = option({}, "SearchSettings fields for --search (recipe file only)")
+    recover: bool = option(False, "after pruning, distil the dense model into the pruned one (putri-export "
+                           "recover; same widths) before anything is exported")
+    recover_minutes: float = option(20.0, "wall-time bound of --recover (teacher passes included)")
+    recover_options: dict = option({}, "RecoverSettings fields for --recover (recipe file only)")
     align: int = option(32, "kept FFN widths in multiples of N, the target still met. 32 (default): every "
                         "ffn_down row holds whole Q8_0/Q4_x blocks (SmolLM2-135M Putri 0.5: GGUF q8_0 98.9 -> 88.3 "
                         "MB, perplexity within noise); 256: K-quant super-blocks; 1: unaligned (prune's default)")
@@ -69,8 +73,21 @@ class Recipe:
             raise PutriError(f"unknown ONNX quantization(s) {bad}: choose from {', '.join(QUANTIZATIONS)}")
         if self.eval_windows < 1 or self.verify_windows < 1 or self.seq_len < 16:
             raise PutriError("eval-windows and verify-windows must be >= 1 and seq-len >= 16")
+        if self.recover:
+            from ..recover import RecoverSettings
+
+            unknown = sorted(set(self.recover_options) - set(RecoverSettings.__dataclass_fields__))
+            if unknown:
+                raise PutriError(f"unknown recover option(s) {', '.join(unknown)}; accepted: "
+                                 f"{', '.join(RecoverSettings.__dataclass_fields__)}")
+            self.recover_settings().check()
         if self.bench and (self.bench_repeats < 1 or any(d < 0 for d in self.bench_depths) or not self.bench_depths):
             raise PutriError("bench needs repeats >= 1 and non-negative depths")
+
+    def recover_settings(self):
+        from ..recover import RecoverSettings
+
+        return RecoverSettings(**{"max_minutes": self.recover_minutes, **self.recover_options})
 
     def variants(self, fmt: str) -> list[str]:
         return self.gguf_types if fmt == "gguf" else self.onnx_quantize if fmt == "onnx" else ["fp32"]

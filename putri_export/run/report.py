@@ -56,7 +56,18 @@ def _summary(report: dict) -> list[str]:
             f"(achieved {p['sparsity_blocks']:.4f}); whole model {p['params_total']:,} / {p['dense_params_total']:,} "
             f"({p['sparsity_total']:.4f}). Pruning took {p['seconds']:.0f} s, peak RSS {p['peak_rss_mb']:.0f} MB, "
             f"{p['threads']} threads. Calibration `{r['calib']}`, {r['calib_samples']} × {r['calib_len']} tokens.", "",
-            "![per-layer widths](widths.png)", ""]
+            *_recovery(p), "![per-layer widths](widths.png)", ""]
+
+
+def _recovery(prune: dict) -> list[str]:
+    rec = prune.get("recovery")
+    if rec is None:
+        return []
+    kl = (f"; held-out KL to the dense model {rec['held_out_kl_before']:.4f} -> {rec['held_out_kl_after']:.4f}"
+          if rec.get("held_out_kl_after") is not None else "")
+    return [f"Recovered by distillation from the dense model (`putri-export recover`, `{rec['data']}`): "
+            f"{rec['steps']} steps, {rec['tokens']:,} tokens in {rec['seconds']:.0f} s, stopped by "
+            f"{rec['stopped_by']}{kl}. Every artifact below is of the recovered model.", ""]
 
 
 def _widths(report: dict) -> list[str]:

@@ -51,6 +51,23 @@ def test_run_writes_verified_artifacts_and_a_report(stories_dir, tmp_path):
     assert not list(tmp_path.glob(".run.running*"))  # the staging folder became --out
 
 
+def test_run_recover_exports_the_recovered_model(stories_dir, tmp_path):
+    out = tmp_path / "run"
+    recipe = tiny_recipe(stories_dir, formats=["onnx"], bench=False, recover=True, recover_options={
+        "data": "tinystories:train", "windows": 16, "seq_len": 128, "tokens": 16 * 128, "lr": 1e-3, "eval_windows": 2})
+    report = run_pipeline(recipe, out)
+    rec = report["prune"]["recovery"]
+    assert rec["steps"] == 4 and rec["held_out_kl_after"] < rec["held_out_kl_before"]
+    assert all(a["parity"]["passed"] for a in report["artifacts"])
+    assert (out / "model" / "recovery_report.json").is_file()  # model/ is what was exported
+    assert (out / "model-pruned" / "pruning_report.json").is_file()
+    assert "Recovered by distillation" in (out / "report.md").read_text()
+    with pytest.raises(PutriError, match="unknown recover option"):
+        tiny_recipe(stories_dir, recover=True, recover_options={"epochs": 3}).check()
+    with pytest.raises(PutriError, match="evaluation split"):
+        run_pipeline(tiny_recipe(stories_dir, recover=True, recover_options={"data": "wikitext2"}), tmp_path / "x")
+
+
 def _recipe_file(tmp_path, recipe: Recipe, suffix: str = ".json"):
     from dataclasses import asdict
 

@@ -1,0 +1,128 @@
+"""Recovery by distillation on the real stories260K (trained weights), pruned by Putri: it must lower the
+perplexity on the TinyStories validation text it never trains on, resume exactly, keep the widths, and refuse
+evaluation text."""
+
+import copy
+import json
+
+import pytest
+import torch
+from helpers import assert_one_clear_error, cli
+
+from putri_export.data import load_calibration
+from putri_export.errors import PutriError
+from putri_export.eval.perplexity import model_perplexity
+from putri_export.model import Widths, load_model
+from putri_export.prune import PruneSettings, prune_model
+from putri_export.recover import RecoverSettings, recover_model
+from putri_export.recover import job as recover_job
+
+SMALL = {"data": "tinystories:train", "windows": 64, "seq_len": 128, "tokens": 64 * 128, "batch_windows": 4,
+         "lr": 1e-3, "shard_windows": 8, "eval_windows": 4, "save_every": 2}
+
+
+@pytest.fixture(scope="module")
+def pruned(stories, stories_dir):
+    model = load_model(stories_dir)[0]
+    calib = load_calibration(stories[1], "tinystories:train", 32, 256)
+    prune_model(model, calib, PruneSettings(sparsity=0.5), progress=False)
+    return model
+
+
+def _ppl(model, ids):
+    return model_perplexity(model, ids, 256, 16, 8).perplexity
+
+
+def test_recovery_lowers_held_out_perplexity_and_keeps_widths(stories, pruned, tinystories_ids, tmp_path):
+    student = copy.deepcopy(pruned)
+    before = _ppl(student, tinystories_ids)
+    report = recover_model(student, stories[0], stories[1], RecoverSettings(**SMALL), tmp_path / "state",
+                           progress=False)
+    after = _ppl(student, tinystories_ids)
+    assert after < 0.8 * before, (before, after)
+    assert report["held_out_kl_after"] < report["held_out_kl_before"]
+    assert report["steps"] == 16 and report["tokens"] == 64 * 128 and report["stopped_by"] == "tokens"
+    assert Widths.from_config(student.config) == Widths.from_config(pruned.config)
+    assert not any(p.requires_grad for p in student.parameters())
+    embed = student.get_input_embeddings().weight
+    assert torch.equal(embed, pruned.get_input_embeddings().weight)  # not trained by default
+    assert not (tmp_path / "state").exists()  # the finished job's state is removed
+
+
+def test_an_interrupted_recovery_resumes_to_the_same_weights(stories, pruned, tmp_path, monkeypatch):
+    settings = RecoverSettings(**{**SMALL, "tokens": 10 * 4 * 128})
+    whole = copy.deepcopy(pruned)
+    recover_model(whole, stories[0], stories[1], settings, tmp_path / "a", progress=False)
+
+    real_lr, computed = recover_job.learning_rate, []
+
+    def interrupt_at_step_7(step, *args):
+        if step == 7:
+            raise KeyboardInterrupt
+        return real_lr(step, *args)
+
+    real_compute = recover_job.TeacherCache._compute
+
+    def counting(self, windows):
+        computed.append(len(windows))
+        return real_compute(self, windows)
+
+    monkeypatch.setattr(recover_job.TeacherCache, "_compute", counting)
+    monkeypatch.setattr(recover_job, "learning_rate", interrupt_at_step_7)
+    first = copy.deepcopy(pruned)
+    with pytest.raises(KeyboardInterrupt):
+        recover_model(first, stories[0], stories[1], settings, tmp_path / "b", progress=False)
+    state = json.loads((tmp_path / "b" / "state.json").read_text())["progress"]
+    assert state["step"] == 7  # saved at the interrupt (after step 6, between steps), not only at save_every
+    monkeypatch.setattr(recover_job, "learning_rate", real_lr)
+    taught = sum(computed)
+    again = copy.deepcopy(pruned)
+    report = recover_model(again, stories[0], stories[1], settings, tmp_path / "b", resume=True, progress=False)
+    assert report["resumed"] and report["steps"] == 10
+    assert sum(computed) == taught + 8  # only the one shard not reached before; the eval windows were kept
+    for (name, a), b in zip(whole.named_parameters(), again.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_the_time_bound_stops_early(stories, pruned):
+    report = recover_model(copy.deepcopy(pruned), stories[0], stories[1],
+                           RecoverSettings(**{**SMALL, "max_minutes": 1e-9}), None, progress=False)
+    assert report["stopped_by"] == "max-minutes" and report["steps"] == 0
+
+
+def test_hidden_state_matching_and_embedding_training(stories, pruned):
+    student = copy.deepcopy(pruned)
+    report = recover_model(student, stories[0], stories[1],
+                           RecoverSettings(**{**SMALL, "hidden_weight": 1.0, "train_embeddings": True}), None,
+                           progress=False)
+    assert report["held_out_kl_after"] < report["held_out_kl_before"]
+    assert not torch.equal(student.get_input_embeddings().weight, pruned.get_input_embeddings().weight)
+
+
+@pytest.mark.parametrize("data", ["tinystories", "wikitext2:test", "wikitext2:valid-raw,tinystories:validation"])
+def test_evaluation_text_is_refused(stories, pruned, data):
+    with pytest.raises(PutriError, match="evaluation split"):
+        recover_model(copy.deepcopy(pruned), stories[0], stories[1], RecoverSettings(**{**SMALL, "data": data}),
+                      None, progress=False)
+
+
+def test_recover_cli(stories_dir, tmp_path):
+    from putri_export.data import DEFAULT_CALIBRATION  # noqa: F401  (the prune's default corpora stay loadable)
+
+    pruned_dir = tmp_path / "pruned"
+    assert cli("prune", str(stories_dir), "--sparsity", "0.5", "--calib", "tinystories:train", "--calib-samples",
+               "16", "--calib-len", "128", "--out", str(pruned_dir)).returncode == 0
+    out = tmp_path / "recovered"
+    proc = cli("recover", str(pruned_dir), "--out", str(out), "--data", "tinystories:train", "--windows",
+               "16", "--seq-len", "128", "--tokens", str(8 * 128), "--eval-windows", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "recovery_report.json").read_text())
+    assert report["teacher_model"] == str(stories_dir)  # from the pruning report
+    assert (out / "pruning_report.json").is_file()
+    model, _ = load_model(out)
+    assert Widths.from_config(model.config) == Widths.from_config(load_model(pruned_dir)[0].config)
+    assert_one_clear_error(cli("recover", str(pruned_dir), "--out", str(tmp_path / "x"), "--data", "wikitext2"),
+                           "evaluation split")
+    (pruned_dir / "pruning_report.json").unlink()
+    assert_one_clear_error(cli("recover", str(pruned_dir), "--out", str(tmp_path / "y")), "--teacher")
+    assert_one_clear_error(cli("recover", str(pruned_dir), "--out", str(out)), "exists")
