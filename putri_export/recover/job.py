@@ -93,6 +93,14 @@ def _epoch_order(shards: list[list[int]], epoch: int, seed: int) -> list[int]:
     return torch.randperm(len(shards), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
 
 
+def _schedule_step(step: int, elapsed: float, settings: RecoverSettings) -> int:
+    """Where the schedule stands: the share of --tokens done, or of --max-minutes spent when that is larger, so a
+    time-bounded run still ends its decay at the bound instead of being cut at a high rate."""
+    if not settings.max_minutes:
+        return step
+    return max(step, int(settings.steps * elapsed / (60 * settings.max_minutes)))
+
+
 def _save_state(store: ResumeStore, params: dict, optimizer: torch.optim.Optimizer, **progress) -> None:
     state = {f"{name}.{key}": optimizer.state[p][key] for name, p in params.items() if p in optimizer.state
              for key in ("exp_avg", "exp_avg_sq")}
@@ -174,7 +182,8 @@ def recover_model(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer,
             optimizer.zero_grad(set_to_none=True)
             kls.append(accumulate_gradients(student, batch, settings.hidden_weight))
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, settings.steps, settings.lr, settings.warmup_steps)
+                group["lr"] = learning_rate(_schedule_step(step, elapsed, settings), settings.steps, settings.lr,
+                                            settings.warmup_steps)
             updating = True
             optimizer.step()
             updating = False

@@ -11,8 +11,12 @@ import sys
 from pathlib import Path
 
 ROWS = [("putri", "paper preset (`--method putri`)"), ("obs-rounds", "+ 16 OBS rounds"),
-        ("dense-target", "+ dense-target least squares"), ("dense-fit", "`putri-dense-fit` (all closed-form changes)"),
-        ("dense-fit-rec4", "`putri-dense-fit` + block reconstruction (4 epochs, lr 1e-4)")]
+        ("dense-target", "+ dense-target least squares"),
+        ("dense-fit", "`putri-dense-fit` (all closed-form changes)"),
+        ("raw-dense-fit", "`putri-dense-fit`, raw-text calibration (`wikitext2:valid-raw,tinystories:train-2mib,c4`)"),
+        ("dense-fit-rec2", "`putri-dense-fit` + block reconstruction (2 epochs, lr 1e-3)"),
+        ("raw-dense-fit-rec2", "raw-text `putri-dense-fit` + block reconstruction (2 epochs, lr 1e-3)"),
+        ("dense-fit-rec2-recover", "`putri-dense-fit` + reconstruction + `recover` (24 min)")]
 
 
 def seconds_and_rss(log: Path) -> tuple[str, str]:

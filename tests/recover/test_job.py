@@ -126,3 +126,10 @@ def test_recover_cli(stories_dir, tmp_path):
     (pruned_dir / "pruning_report.json").unlink()
     assert_one_clear_error(cli("recover", str(pruned_dir), "--out", str(tmp_path / "y")), "--teacher")
     assert_one_clear_error(cli("recover", str(pruned_dir), "--out", str(out)), "exists")
+
+
+def test_a_time_bound_schedule_decays_by_the_larger_share_spent():
+    timed = RecoverSettings(tokens=100 * 4 * 512, max_minutes=10)  # 100 steps
+    assert recover_job._schedule_step(5, 300.0, timed) == 50  # half the time spent: half-way down the cosine
+    assert recover_job._schedule_step(60, 300.0, timed) == 60  # tokens ahead of time
+    assert recover_job._schedule_step(5, 300.0, RecoverSettings(tokens=100 * 4 * 512)) == 5
