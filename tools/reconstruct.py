@@ -2,7 +2,7 @@
 run after the fact, so that an ablation need not prune again (a Putri prune of SmolLM2-135M takes 17-30 min here).
 Identical to pruning with the flag when the calibration set is the prune's.
 
-    python tools/reconstruct.py PRUNED_DIR DENSE_MODEL OUT_DIR [--epochs 4] [--lr 1e-4] [--calib DATA]
+    python tools/reconstruct.py PRUNED_DIR DENSE_MODEL OUT_DIR [--epochs 2] [--lr 1e-3] [--calib DATA]
         [--calib-samples 64] [--calib-len 512] [--threads N]
 """
 
@@ -30,8 +30,8 @@ def main() -> None:
     p.add_argument("pruned")
     p.add_argument("dense")
     p.add_argument("out")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--calib", default=DEFAULT_CALIBRATION)
     p.add_argument("--calib-samples", type=int, default=64)
     p.add_argument("--calib-len", type=int, default=512)

@@ -138,7 +138,8 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
     else:
         from ..prune import PruneSettings, prune_model
 
-        settings = PruneSettings(method=recipe.method, sparsity=recipe.sparsity, align=recipe.align)
+        settings = PruneSettings(method=recipe.method, sparsity=recipe.sparsity, align=recipe.align,
+                                 reconstruct_epochs=recipe.reconstruct_epochs)
         report = prune_model(model, calib, settings,
                              state_dir=out.parent / "prune-state", resume=True, blocks=blocks)
         files = {"pruning_report.json": json.dumps(report, indent=2) + "\n"}
