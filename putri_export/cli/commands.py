@@ -243,7 +243,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def recorded_dense_model(pruned: Path) -> str | None:
     """The dense model a checkpoint was pruned from, as its pruning (or search) report records it."""
-    for name in ("pruning_report.json", "search_report.json"):
+    from ..recover.job import PRUNING_REPORTS
+
+    for name in PRUNING_REPORTS:
         report = Path(pruned) / name
         if report.is_file():
             return json.loads(report.read_text()).get("source_model")
@@ -254,40 +256,28 @@ def cmd_recover(args: argparse.Namespace) -> int:
     import torch
 
     from ..compute import ComputeSettings
-    from ..model import load_model, save_checkpoint
     from ..model.assets import resolve_model
-    from ..recover import RecoverSettings, recover_model
+    from ..recover import RecoverSettings, recover_checkpoint
 
     out = Path(args.out)
     _refuse_existing(out, args.overwrite)
     pruned = resolve_model(args.model)
     if pruned.gguf_file is not None or not (pruned.path / "config.json").is_file():
         raise PutriError(f"recover trains an HF checkpoint folder (what prune writes); {args.model} is not one")
-    teacher_spec = args.teacher or recorded_dense_model(pruned.path)
-    if teacher_spec is None:
+    teacher = args.teacher or recorded_dense_model(pruned.path)
+    if teacher is None:
         raise PutriError(f"give --teacher (the dense model): {args.model} records no source model")
     settings = RecoverSettings(**given_options(args, RecoverSettings))
     settings.check()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = ComputeSettings(**given_options(args, ComputeSettings)).torch_device()
-    student, tokenizer = load_model(pruned.path)
-    teacher, _ = load_model(teacher_spec)
-    student.to(device)
-    teacher.to(device)
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(out, "recover")
     try:
-        report = recover_model(student, teacher, tokenizer, settings, state_dir=state_dir, resume=args.resume)
+        report = recover_checkpoint(pruned.path, teacher, out, settings, device, state_dir=state_dir,
+                                    resume=args.resume, overwrite=args.overwrite)
     except KeyboardInterrupt:
         return _interrupted(out, state_dir, "The teacher cache and the last saved training step are")
-    report |= {"student_model": str(args.model), "teacher_model": str(teacher_spec),
-               "threads": torch.get_num_threads()}
-    extra = {"recovery_report.json": json.dumps(report, indent=2) + "\n"}
-    for name in ("pruning_report.json", "search_report.json"):  # what the widths came from stays with them
-        if (pruned.path / name).is_file():
-            extra[name] = (pruned.path / name).read_text()
-    save_checkpoint(student.cpu(), tokenizer, out, source_dir=pruned.path, overwrite=args.overwrite,
-                    extra_files=extra)
     before, after = report["held_out_kl_before"], report["held_out_kl_after"]
     kl = f"; held-out KL to the teacher {before:.4f} -> {after:.4f}" if after is not None else ""
     print(f"{out}: {report['steps']} steps, {report['tokens']:,} tokens in {report['seconds']:.0f} s "

@@ -96,16 +96,17 @@ def load_corpus(spec: str, text_column: str = "text") -> Corpus:
     return _load_hub(spec, name, split or "train", None, text_column, builtin_hint=True)
 
 
-def is_evaluation_text(corpus: Corpus) -> bool:
-    """Whether ``corpus`` was read from an evaluation split (by built-in name, its local file or its hub split)."""
+def is_evaluation_source(source: str) -> bool:
+    """Whether a corpus's ``source`` (the file or hub split it was read from) is an evaluation split, whether it was
+    asked for by built-in name or by path."""
     data_dir = local_data_dir()
     for name, split in EVALUATION_SPLITS:
         builtin = BUILTIN_DATA[name][split]
-        if data_dir is not None and Path(corpus.source).resolve() == (data_dir / builtin.local).resolve():
+        if data_dir is not None and Path(source).resolve() == (data_dir / builtin.local).resolve():
             return True
         if builtin.hub is not None:
             dataset, config, hub_split = builtin.hub
-            if corpus.source == hub_source(dataset, config, hub_split):
+            if source == hub_source(dataset, config, hub_split):
                 return True
     return False
 

@@ -15,9 +15,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import load_calibration
-from ..data.corpus import is_evaluation_text, load_corpus
+from ..data.corpus import is_evaluation_source
 from ..errors import PutriError
-from ..model import Widths
+from ..model import Widths, load_model, save_checkpoint
 from ..resume import ResumeStore, fingerprint, model_fingerprint
 from .distill import hidden_mse, learning_rate, topk_kl
 from .settings import RecoverSettings
@@ -27,13 +27,12 @@ from .teacher import TeacherCache
 def training_windows(tokenizer, settings: RecoverSettings) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(train ids, held-out ids, provenance): ``windows + eval_windows`` windows split evenly over the corpora,
     shuffled once by the seed (so every shard mixes corpora), the first ``eval_windows`` held out."""
-    specs = [s.strip() for s in settings.data.split(",") if s.strip()]
-    for spec in specs:
-        if is_evaluation_text(load_corpus(spec)):
-            raise PutriError(f"recovery data {spec!r} is an evaluation split: a model trained on it would be scored "
-                             "on its own training text; accepted: any other split or file (default "
+    data = load_calibration(tokenizer, settings.data, settings.windows + settings.eval_windows, settings.seq_len)
+    for source in data.sources:
+        if is_evaluation_source(source.source):
+            raise PutriError(f"recovery data {source.corpus!r} is an evaluation split: a model trained on it would "
+                             "be scored on its own training text; accepted: any other split or file (default "
                              f"{RecoverSettings.data})")
-    data = load_calibration(tokenizer, specs, settings.windows + settings.eval_windows, settings.seq_len)
     order = torch.randperm(data.ids.shape[0], generator=torch.Generator().manual_seed(settings.seed))
     ids = data.ids[order]
     return ids[settings.eval_windows:], ids[:settings.eval_windows], data.provenance()
@@ -232,4 +231,26 @@ def recover_model(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer,
         "log": log,
     }
     store.clear()
+    return report
+
+
+# What a pruned checkpoint's widths came from: kept with the recovered checkpoint.
+PRUNING_REPORTS = ("pruning_report.json", "search_report.json")
+
+
+def recover_checkpoint(pruned: Path, teacher: str | Path, out: Path, settings: RecoverSettings,
+                       device: torch.device, state_dir: Path | None = None, resume: bool = False,
+                       overwrite: bool = False, progress: bool = True) -> dict:
+    """:func:`recover_model` from a pruned checkpoint folder to ``out`` (written atomically, with
+    ``recovery_report.json`` and the pruned checkpoint's reports beside the weights); returns the report."""
+    import json
+
+    student, tokenizer = load_model(Path(pruned))
+    dense, _ = load_model(teacher)
+    report = recover_model(student.to(device), dense.to(device), tokenizer, settings, state_dir=state_dir,
+                           resume=resume, progress=progress)
+    report |= {"student_model": str(pruned), "teacher_model": str(teacher), "threads": torch.get_num_threads()}
+    extra = {"recovery_report.json": json.dumps(report, indent=2) + "\n",
+             **{name: (Path(pruned) / name).read_text() for name in PRUNING_REPORTS if (Path(pruned) / name).is_file()}}
+    save_checkpoint(student.cpu(), tokenizer, out, source_dir=Path(pruned), overwrite=overwrite, extra_files=extra)
     return report

@@ -3,6 +3,8 @@ so that epochs and resumed sessions reuse them instead of running the dense mode
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from ..resume import ResumeStore
@@ -39,8 +41,6 @@ class TeacherCache:
 
     @torch.no_grad()
     def _compute(self, windows: list[int]) -> dict[str, torch.Tensor]:
-        import time
-
         start = time.perf_counter()
         parts: dict[str, list[torch.Tensor]] = {"logp": [], "ids": [], "hidden": []}
         device = self.teacher.get_input_embeddings().weight.device

@@ -152,27 +152,16 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
 
 
 def _recover(recipe: Recipe, dense_dir: Path, pruned_dir: Path, out: Path) -> dict:
-    import torch
-
     from ..compute import resolve_device
-    from ..model import load_model, save_checkpoint
-    from ..recover import recover_model
+    from ..recover import recover_checkpoint
 
     settings = recipe.recover_settings()
     _say(f"recovering the pruned model by distillation from {recipe.model} (at most {settings.max_minutes:g} min, "
          f"{settings.tokens:,} tokens)")
-    device = resolve_device(recipe.device)
-    student, tokenizer = load_model(pruned_dir)
-    teacher, _ = load_model(dense_dir)
-    report = recover_model(student.to(device), teacher.to(device), tokenizer, settings,
-                           state_dir=out.parent / "recover-state", resume=True)
-    report["threads"] = torch.get_num_threads()
     if out.exists():
         shutil.rmtree(out)
-    save_checkpoint(student.cpu(), tokenizer, out, source_dir=pruned_dir, extra_files={
-        "recovery_report.json": json.dumps(report, indent=2) + "\n",
-        **{name: (pruned_dir / name).read_text() for name in ("pruning_report.json", "search_report.json")
-           if (pruned_dir / name).is_file()}})
+    report = recover_checkpoint(pruned_dir, dense_dir, out, settings, resolve_device(recipe.device),
+                                state_dir=out.parent / "recover-state", resume=True)
     keys = ("steps", "tokens", "stopped_by", "seconds", "held_out_kl_before", "held_out_kl_after", "peak_rss_mb")
     return {k: report[k] for k in keys} | {"data": settings.data, "lr": settings.lr}
 

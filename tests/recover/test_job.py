@@ -107,8 +107,6 @@ def test_evaluation_text_is_refused(stories, pruned, data):
 
 
 def test_recover_cli(stories_dir, tmp_path):
-    from putri_export.data import DEFAULT_CALIBRATION  # noqa: F401  (the prune's default corpora stay loadable)
-
     pruned_dir = tmp_path / "pruned"
     assert cli("prune", str(stories_dir), "--sparsity", "0.5", "--calib", "tinystories:train", "--calib-samples",
                "16", "--calib-len", "128", "--out", str(pruned_dir)).returncode == 0
