@@ -328,7 +328,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if "final_kl" in report:
         it = report["iterations"]
         kl = report["final_kl"]
-        print(f"KL to dense on {kl['tokens']} calibration tokens: uniform {it[0]['start_fitness']:.4f} -> searched "
+        print(f"KL to dense on {kl['tokens']} calibration tokens: start {it[0]['start_fitness']:.4f} -> searched "
               f"{kl['kl']:.4f} ({kl['chosen']}; re-pruned at the widths {kl['repruned_at_widths']:.4f})")
     return 0
 

@@ -48,14 +48,15 @@ def _add_eval(sub) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-def _add_pruning_io(p: argparse.ArgumentParser, calib_samples: int, resume_help: str) -> None:
-    """What prune and search both take: the model, calibration, and where the checkpoint goes."""
+def _add_pruning_io(p: argparse.ArgumentParser, resume_help: str) -> None:
+    """What prune and search both take: the model, calibration (the same default: a search is compared with the
+    prune it would replace), and where the checkpoint goes."""
     from ..data import DEFAULT_CALIBRATION
 
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--calib", default=DEFAULT_CALIBRATION,
                    help="calibration data (comma-separated specs, split evenly); never evaluate on it")
-    p.add_argument("--calib-samples", type=int, default=calib_samples, help="calibration windows N")
+    p.add_argument("--calib-samples", type=int, default=64, help="calibration windows N")
     p.add_argument("--calib-len", type=int, default=512, help="tokens per calibration window T")
     p.add_argument("--out", required=True, help="output checkpoint folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -67,7 +68,7 @@ def _add_prune(sub) -> None:
     from ..prune import PruneSettings
 
     p = sub.add_parser("prune", help="structured pruning to a smaller per-layer-width checkpoint")
-    _add_pruning_io(p, calib_samples=64, resume_help="continue an interrupted run from its last finished block")
+    _add_pruning_io(p, resume_help="continue an interrupted run from its last finished block")
     add_options(p, PruneSettings)
     add_options(p, ComputeSettings)
     p.add_argument("--state-dir", help="where progress is kept for --resume (default: under the cache)")
@@ -78,7 +79,7 @@ def _add_search(sub) -> None:
     from ..search import SearchSettings
 
     p = sub.add_parser("search", help="Týr-style search of per-layer widths, then Putri pruning to them")
-    _add_pruning_io(p, calib_samples=16, resume_help="continue from the last finished iteration")
+    _add_pruning_io(p, resume_help="continue from the last finished iteration")
     add_options(p, SearchSettings)
     add_options(p, ComputeSettings)
     p.add_argument("--widths", help="prune to this per-layer distribution (JSON) instead of searching")

@@ -21,7 +21,7 @@ from ..model import Widths, load_model, save_checkpoint
 from ..resume import ResumeStore, fingerprint, model_fingerprint
 from .distill import hidden_mse, learning_rate, topk_kl
 from .settings import RecoverSettings
-from .teacher import TeacherCache
+from .teacher import TeacherCache, autocast_context
 
 
 def training_windows(tokenizer, settings: RecoverSettings) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -39,9 +39,11 @@ def training_windows(tokenizer, settings: RecoverSettings) -> tuple[torch.Tensor
 
 
 def window_loss(student: torch.nn.Module, ids: torch.Tensor, teacher: dict[str, torch.Tensor],
-                hidden_weight: float) -> tuple[torch.Tensor, float]:
-    """(loss, its KL part) of one batch of windows: mean top-k KL per token (+ weighted hidden-state matching)."""
-    out = student(input_ids=ids, use_cache=False, output_hidden_states=hidden_weight > 0)
+                hidden_weight: float, autocast: str = "none") -> tuple[torch.Tensor, float]:
+    """(loss, its KL part) of one batch of windows: mean top-k KL per token (+ weighted hidden-state matching); the
+    forward under ``autocast`` (the losses are taken in fp32 either way)."""
+    with autocast_context(ids.device, autocast):
+        out = student(input_ids=ids, use_cache=False, output_hidden_states=hidden_weight > 0)
     kl = topk_kl(out.logits, teacher["logp"], teacher["ids"]).mean()
     loss = kl
     if hidden_weight > 0:
@@ -50,12 +52,12 @@ def window_loss(student: torch.nn.Module, ids: torch.Tensor, teacher: dict[str, 
 
 
 def accumulate_gradients(student: torch.nn.Module, batch: list[tuple[torch.Tensor, dict]],
-                         hidden_weight: float) -> float:
+                         hidden_weight: float, autocast: str = "none") -> float:
     """The gradient of the batch's mean loss, one window at a time (memory: one window's activations); the batch's
     mean KL."""
     kls = []
     for ids, teacher in batch:
-        loss, kl = window_loss(student, ids, teacher, hidden_weight)
+        loss, kl = window_loss(student, ids, teacher, hidden_weight, autocast)
         (loss / len(batch)).backward()
         kls.append(kl)
     return sum(kls) / len(kls)
@@ -141,7 +143,8 @@ def recover_model(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer,
     for p in params.values():
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(list(params.values()), lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    cache = TeacherCache(teacher, train_ids, settings.top_k, settings.hidden_weight > 0, store)
+    cache = TeacherCache(teacher, train_ids, settings.top_k, settings.hidden_weight > 0, store,
+                         autocast=settings.autocast)
     shards = _shards(train_ids.shape[0], settings.shard_windows)
 
     step = store.get("step", 0)
@@ -179,7 +182,7 @@ def recover_model(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer,
                 batch.append((train_ids[window:window + 1].to(device),
                               {k: v[row:row + 1].to(device) for k, v in teacher_out.items()}))
             optimizer.zero_grad(set_to_none=True)
-            kls.append(accumulate_gradients(student, batch, settings.hidden_weight))
+            kls.append(accumulate_gradients(student, batch, settings.hidden_weight, settings.autocast))
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(_schedule_step(step, elapsed, settings), settings.steps, settings.lr,
                                             settings.warmup_steps)

@@ -3,6 +3,7 @@ so that epochs and resumed sessions reuse them instead of running the dense mode
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -11,17 +12,25 @@ from ..resume import ResumeStore
 from .distill import teacher_topk
 
 
+def autocast_context(device: torch.device, autocast: str) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` for ``autocast="bf16"``; nothing for ``"none"``."""
+    if autocast == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 class TeacherCache:
-    """Top-k log-probabilities (and, with ``hidden``, last hidden states) of ``teacher`` for each shard of ``ids``.
+    """Top-k log-probabilities (and, with ``hidden``, last hidden states) of ``teacher`` for each shard of ``ids``
+    (its forward under ``autocast``).
 
     ``shards``: lists of window indices into ``ids``; shard ``j`` is computed the first time it is asked for (then
     saved in ``store`` as ``teacher-{name}``), so a run that stops early never pays for windows it did not train on.
     """
 
     def __init__(self, teacher: torch.nn.Module, ids: torch.Tensor, top_k: int, hidden: bool, store: ResumeStore,
-                 batch_size: int = 4):
+                 batch_size: int = 4, autocast: str = "none"):
         self.teacher, self.ids, self.top_k, self.hidden = teacher, ids, top_k, hidden
-        self.store, self.batch_size = store, batch_size
+        self.store, self.batch_size, self.autocast = store, batch_size, autocast
         self.memory: dict[str, dict[str, torch.Tensor]] = {}
         self.seconds = 0.0
 
@@ -45,8 +54,9 @@ class TeacherCache:
         parts: dict[str, list[torch.Tensor]] = {"logp": [], "ids": [], "hidden": []}
         device = self.teacher.get_input_embeddings().weight.device
         for batch in torch.tensor(windows).split(self.batch_size):
-            out = self.teacher(input_ids=self.ids[batch].to(device), use_cache=False,
-                               output_hidden_states=self.hidden)
+            with autocast_context(device, self.autocast):
+                out = self.teacher(input_ids=self.ids[batch].to(device), use_cache=False,
+                                   output_hidden_states=self.hidden)
             logp, top = teacher_topk(out.logits, self.top_k)
             parts["logp"].append(logp.cpu())
             parts["ids"].append(top.cpu())

@@ -12,18 +12,32 @@ import random
 import resource
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ..data import Calibration
+from ..errors import PutriError
 from ..model import PutriForCausalLM, Widths, param_counts
 from ..model.blocks import BlockStore
 from ..resume import ResumeStore, fingerprint, model_fingerprint
 from .fitness import FitnessEvaluator
 from .settings import SearchSettings
-from .space import Config, config_widths, initial_config, level_grid, mutate, repair_budget, sublayers
+from .space import (
+    Config,
+    SubLayer,
+    config_widths,
+    initial_config,
+    level_grid,
+    mutate,
+    repair_budget,
+    start_config,
+    sublayers,
+    trade,
+)
 from .supernet import VariantBank, build_supernet
 
 # ---------------------------------------------------------------------------------------------
@@ -38,7 +52,10 @@ class Generation:
 
 def evolve(parent: Config, parent_fitness: float, levels: list[list[int]], kinds: list[str],
            fitness: FitnessEvaluator, bank: VariantBank, settings: SearchSettings, rng: random.Random,
-           desc: str, progress: bool = True) -> tuple[Config, float, list[Generation]]:
+           desc: str, progress: bool = True, trade_move: Callable[[Config, random.Random], Config] | None = None
+           ) -> tuple[Config, float, list[Generation]]:
+    """Generations of offspring (each kind's total kept; with ``trade_move`` half of them also move parameters
+    between attention and FFN), scored in stages; the parent is replaced only by a better child."""
     history = []
     bar = tqdm(range(settings.generations), desc=desc, unit="gen", disable=not progress)
     for _ in bar:
@@ -47,6 +64,8 @@ def evolve(parent: Config, parent_fitness: float, levels: list[list[int]], kinds
         pool = []
         for _try in range(settings.offspring * 4):
             child = mutate(parent, levels, kinds, rng, settings.max_shifts)
+            if trade_move is not None and rng.random() < 0.5:
+                child = trade_move(child, rng)
             if child not in seen:
                 seen.add(child)
                 pool.append(child)
@@ -64,6 +83,37 @@ def evolve(parent: Config, parent_fitness: float, levels: list[list[int]], kinds
         history.append(Generation(parent_fitness, evaluated, improved))
         bar.set_postfix(kl=f"{parent_fitness:.4f}")
     return parent, parent_fitness, history
+
+
+def start_widths(start: str, dense: Widths) -> Widths:
+    """The widths ``--start`` names: a pruned checkpoint's folder (its widths.json, pruning_report.json or
+    search_report.json) or one of those files."""
+    path = Path(start)
+    if path.is_dir():
+        files = [path / n for n in ("widths.json", "pruning_report.json", "search_report.json") if (path / n).is_file()]
+        if not files:
+            raise PutriError(f"--start {start}: the folder has no widths.json, pruning_report.json or "
+                             "search_report.json (accepted: 'uniform', a pruned checkpoint folder or one of those "
+                             "files)")
+        path = files[0]
+    return Widths.read(path, dense)
+
+
+def _kept(subs: list[SubLayer], config: Config) -> int:
+    return sum(s.params(u) for s, u in zip(subs, config))
+
+
+def _final_config(subs: list[SubLayer], config: Config, target_kept: int, limit: int, settings: SearchSettings
+                  ) -> Config:
+    """The searched configuration as the supernet holds it (so its assembled weights can be used) when it keeps at
+    most ``limit`` and less than one last-iteration FFN level below the target, which is what a trade leaves: the
+    model is then that much smaller than asked. Otherwise it is moved to the target by :func:`repair_budget`."""
+    step = settings.step / 2 ** (settings.iterations - 1)
+    level = min((max(1, round(step * s.max_units / settings.align)) * settings.align * s.unit_params
+                 for s in subs if s.kind == "ffn" and s.max_units), default=0)
+    if target_kept - level < _kept(subs, config) <= limit:
+        return config
+    return repair_budget(subs, config, target_kept, settings.align)
 
 
 @dataclass
@@ -89,6 +139,9 @@ def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings
     counts = param_counts(model)
     target_kept = counts.blocks - round(settings.sparsity * counts.blocks)
     uniform = initial_config(model, subs, settings.sparsity, settings.alpha, settings.align)
+    first = uniform if settings.start == "uniform" else start_config(
+        subs, start_widths(settings.start, Widths.from_config(model.config)), target_kept, settings.align)
+    limit = max(target_kept, _kept(subs, first))  # a trade never keeps more than the start
     weights = model_fingerprint(model) if blocks is None else blocks.fingerprint()
     store = ResumeStore(work_dir, fingerprint(asdict(settings), calib.provenance(), weights), resume, what="search")
     iterations: list[dict] = store.get("iterations", [])
@@ -99,7 +152,7 @@ def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings
     # its first change, and rebuilding one is a file read and a row gather.
     cache_bytes = counts.blocks * model.model.embed_tokens.weight.element_size() // 8
     last = max(settings.stage_samples)
-    config = tuple(iterations[-1]["best"]) if iterations else uniform
+    config = tuple(iterations[-1]["best"]) if iterations else first
     side = settings.levels // 2
     peak_disk = max([it["supernet_bytes"] for it in iterations], default=0)
     for it in range(len(iterations), settings.iterations):
@@ -122,9 +175,10 @@ def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings
         t1 = time.perf_counter()
         fitness.set_parent(config, bank)
         start_fitness = fitness(config, last)
+        trade_move = partial(trade, levels=levels, subs=subs, limit=limit) if settings.trade else None
         config, best, history = evolve(config, start_fitness, levels, kinds, fitness, bank, settings,
                                        random.Random(settings.seed * 1000 + it),  # resumes reproducibly
-                                       f"search {it + 1}/{settings.iterations}", progress)
+                                       f"search {it + 1}/{settings.iterations}", progress, trade_move)
         iterations.append({
             "iteration": it, "step": step_frac, "levels_per_sublayer": [len(lv) for lv in levels],
             "supernet_seconds": t1 - t0, "search_seconds": time.perf_counter() - t1, "supernet_bytes": disk,
@@ -135,13 +189,17 @@ def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings
             shutil.rmtree(bank_dir)  # the next iteration builds its own supernet around the new centre
 
     bank = VariantBank(model, work_dir / f"supernet{settings.iterations - 1}", cache_bytes)
-    final = repair_budget(subs, config, target_kept, settings.align)
+    final = _final_config(subs, config, target_kept, limit, settings)
     report = {
         "settings": asdict(settings), "target_kept_block_params": target_kept,
+        "start": {"source": settings.start, "config": list(first), "uniform_config": list(uniform)},
+        "attention_block_params": {"start": sum(s.params(u) for s, u in zip(subs, first) if s.kind == "attn"),
+                                   "searched": sum(s.params(u) for s, u in zip(subs, final) if s.kind == "attn")},
         "dense_block_params": counts.blocks, "iterations": iterations,
         "search_seconds": time.perf_counter() - start, "peak_supernet_bytes": peak_disk,
         "budget_repair": [{"layer": s.layer, "from": a, "to": b} for s, a, b in zip(subs, config, final)
                           if a != b and s.kind == "ffn"],
+        "kept_block_params": _kept(subs, final),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     return SearchResult(final, uniform, config_widths(model, final), config_widths(model, uniform),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import PutriError
 from ..options import option
@@ -14,7 +15,13 @@ class SearchSettings:
     """Every setting of ``putri-export search`` (the CLI's flags are these fields)."""
 
     sparsity: float = option(0.5, "fraction of block parameters to remove, [0, 1)")
-    alpha: float = option(1.5, "attention/FFN budget split (kept by the search: it fixes both budgets)")
+    alpha: float = option(1.5, "attention/FFN budget split of the uniform start (with --no-trade the search keeps "
+                          "it)")
+    start: str = option("uniform", "where the search starts: 'uniform' (the alpha split spread evenly) or the "
+                        "widths of a pruned checkpoint (its folder, pruning_report.json or widths.json), e.g. "
+                        "Putri's greedy head allocation from `putri-export prune`")
+    trade: bool = option(True, "let half the offspring move parameters between attention and FFN (never above "
+                         "the budget); off: each kind keeps its total")
     iterations: int = option(3, "coarse-to-fine iterations (the step halves each time)")
     step: float = option(0.125, "first level spacing, fraction of a sub-layer")
     levels: int = option(9, "levels per sub-layer (centre ± levels // 2 steps)")
@@ -51,3 +58,6 @@ class SearchSettings:
             raise PutriError(f"align must be >= 1, got {self.align}")
         if self.top_k < 1:
             raise PutriError("top-k must be >= 1")
+        if self.start != "uniform" and not Path(self.start).exists():
+            raise PutriError(f"--start {self.start!r}: no such file or folder (accepted: 'uniform', a pruned "
+                             "checkpoint folder, or its widths.json / pruning_report.json)")

@@ -85,6 +85,18 @@ def initial_config(model: PutriForCausalLM, subs: list[SubLayer], sparsity: floa
     return repair_budget(subs, tuple(units), target_kept, align)
 
 
+def start_config(subs: list[SubLayer], widths: Widths, target_kept: int, align: int = 1) -> Config:
+    """A given distribution (e.g. the widths Putri's greedy head removal chose) as a configuration, its FFNs moved
+    by :func:`repair_budget` to this search's target."""
+    config = []
+    for s in subs:
+        config.append(widths[s.layer].kv_heads if s.kind == "attn" else widths[s.layer].ffn)
+        if config[-1] > s.max_units:
+            raise PutriError(f"the start widths keep {config[-1]} units in layer {s.layer}'s {s.kind}; the model has "
+                             f"{s.max_units}")
+    return repair_budget(subs, tuple(config), target_kept, align)
+
+
 def repair_budget(subs: list[SubLayer], config: Config, target_kept: int, align: int = 1) -> Config:
     """Move FFN neurons one at a time (from the widest, to the narrowest) until the kept block
     parameters are within half a neuron of the target: the search keeps unit totals, and a
@@ -136,6 +148,44 @@ def mutate(config: Config, levels: list[list[int]], kinds: list[str], rng: rando
                 child[a] -= delta
                 child[b] += delta
                 break
+    return tuple(child)
+
+
+def trade(config: Config, rng: random.Random, levels: list[list[int]], subs: list[SubLayer], limit: int) -> Config:
+    """Move parameters between attention and FFN: one attention sub-layer one level sparser or denser, then FFN
+    sub-layers one level at a time (chosen at random) the other way, until the kept parameters are at most
+    ``limit`` and no further FFN level fits under it. Every width stays on its level grid (the supernet has it);
+    the total never passes the budget, so a trade can only win by quality, not by parameters."""
+    child = list(config)
+    attn = [i for i, s in enumerate(subs) if s.kind == "attn" and len(levels[i]) > 1]
+    ffn = [i for i, s in enumerate(subs) if s.kind == "ffn" and len(levels[i]) > 1]
+    if not attn or not ffn:
+        return config
+    a = rng.choice(attn)
+    ia = levels[a].index(child[a])
+    child[a] = levels[a][rng.choice([j for j in (ia - 1, ia + 1) if 0 <= j < len(levels[a])])]
+
+    def kept() -> int:
+        return sum(s.params(u) for s, u in zip(subs, child))
+
+    def shifted(i: int, by: int) -> int | None:
+        j = levels[i].index(child[i]) + by
+        return levels[i][j] if 0 <= j < len(levels[i]) else None
+
+    while kept() > limit:
+        options = [i for i in ffn if shifted(i, -1) is not None]
+        if not options:
+            return config
+        i = rng.choice(options)
+        child[i] = shifted(i, -1)
+    while True:
+        room = limit - kept()
+        options = [i for i in ffn if (u := shifted(i, 1)) is not None
+                   and subs[i].params(u) - subs[i].params(child[i]) <= room]
+        if not options:
+            break
+        i = rng.choice(options)
+        child[i] = shifted(i, 1)
     return tuple(child)
 
 

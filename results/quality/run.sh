@@ -33,8 +33,15 @@ reconstruct raw-dense-fit-rec2 raw-dense-fit $RAW
 # Recovery: the rest of a 30-minute training budget after the 5.6-minute reconstruction (schedule sized to end in it).
 timed dense-fit-rec2-recover $P recover "$W/dense-fit-rec2" --teacher smollm2-135m --out "$W/dense-fit-rec2-recover" \
   --max-minutes 24 --tokens 225280 --lr 3e-4 --threads $T
+# The same budget with bf16 autocast (1.8x the steps per minute on this Zen 4 CPU); the schedule follows the time.
+timed dense-fit-rec2-recover-bf16 $P recover "$W/dense-fit-rec2" --teacher smollm2-135m \
+  --out "$W/dense-fit-rec2-recover-bf16" --max-minutes 23.5 --lr 3e-4 --autocast bf16 --threads $T
+# The search at prune's default calibration, seeded from the paper preset's greedy head allocation, trading
+# attention against FFN (search defaults).
+timed search-greedy-trade $P search smollm2-135m --sparsity 0.5 --start "$W/putri" --threads $T \
+  --out "$W/search-greedy-trade"
 for m in smollm2-135m putri obs-rounds dense-target dense-fit raw-dense-fit dense-fit-rec2 raw-dense-fit-rec2 \
-    dense-fit-rec2-recover; do
+    dense-fit-rec2-recover dense-fit-rec2-recover-bf16 search-greedy-trade; do
   src=$W/$m; [ $m = smollm2-135m ] && src=$m
   for d in wikitext2 tinystories; do
     [ -f "$W/full-$m-$d.json" ] || $P eval "$src" --data $d --seq-len 512 --threads $T --json "$W/full-$m-$d.json" \

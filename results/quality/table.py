@@ -16,7 +16,9 @@ ROWS = [("putri", "paper preset (`--method putri`)"), ("obs-rounds", "+ 16 OBS r
         ("raw-dense-fit", "`putri-dense-fit`, raw-text calibration (`wikitext2:valid-raw,tinystories:train-2mib,c4`)"),
         ("dense-fit-rec2", "`putri-dense-fit` + block reconstruction (2 epochs, lr 1e-3)"),
         ("raw-dense-fit-rec2", "raw-text `putri-dense-fit` + block reconstruction (2 epochs, lr 1e-3)"),
-        ("dense-fit-rec2-recover", "`putri-dense-fit` + reconstruction + `recover` (24 min)")]
+        ("dense-fit-rec2-recover", "`putri-dense-fit` + reconstruction + `recover` (24 min)"),
+        ("dense-fit-rec2-recover-bf16", "`putri-dense-fit` + reconstruction + `recover --autocast bf16` (23.5 min)"),
+        ("search-greedy-trade", "`search --start PUTRI` (paper preset's widths, trading attention and FFN, 64 × 512)")]
 
 
 def seconds_and_rss(log: Path) -> tuple[str, str]:

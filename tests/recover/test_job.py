@@ -90,6 +90,22 @@ def test_the_time_bound_stops_early(stories, pruned):
     assert report["stopped_by"] == "max-minutes" and report["steps"] == 0
 
 
+def test_bf16_autocast_trains_in_bf16_and_keeps_fp32_weights(stories, pruned, tinystories_ids):
+    student, teacher = copy.deepcopy(pruned), copy.deepcopy(stories[0])
+    seen = {"student": set(), "teacher": set()}
+    for who, model in (("student", student), ("teacher", teacher)):
+        model.model.layers[0].mlp.down_proj.register_forward_hook(
+            lambda _m, _i, out, who=who: seen[who].add(out.dtype))
+    before = _ppl(student, tinystories_ids)
+    report = recover_model(student, teacher, stories[1], RecoverSettings(**{**SMALL, "autocast": "bf16"}), None,
+                           progress=False)
+    assert torch.bfloat16 in seen["student"] and torch.bfloat16 in seen["teacher"]
+    assert torch.float32 in seen["student"]  # the held-out KL is measured in fp32
+    assert all(p.dtype == torch.float32 for p in student.parameters())
+    assert _ppl(student, tinystories_ids) < 0.8 * before
+    assert report["held_out_kl_after"] < report["held_out_kl_before"]
+
+
 def test_hidden_state_matching_and_embedding_training(stories, pruned):
     student = copy.deepcopy(pruned)
     report = recover_model(student, stories[0], stories[1],

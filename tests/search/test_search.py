@@ -15,11 +15,27 @@ from putri_export.model import Widths, load_model, param_counts
 from putri_export.prune.obs import group_removal_order, refit_error
 from putri_export.search import SearchSettings, search, search_and_prune
 from putri_export.search.fitness import FitnessEvaluator
-from putri_export.search.space import initial_config, level_grid, mutate, repair_budget, sublayers
+from putri_export.search.space import (
+    initial_config,
+    level_grid,
+    mutate,
+    repair_budget,
+    start_config,
+    sublayers,
+    trade,
+)
 from putri_export.search.supernet import VariantBank, build_supernet, prune_to_widths
 
 TINY = SearchSettings(sparsity=0.5, iterations=2, generations=3, offspring=5, stage_samples=(2, 4),
                       stage_keep=(2, 1), top_k=64)
+
+
+def assert_meets_the_budget(report: dict, dense_blocks: int, ffn, settings: SearchSettings = TINY) -> None:
+    """Within half a neuron of the target, or below it by less than one last-iteration FFN level (what a trade
+    between attention and FFN leaves; the supernet's weights are then used as they are)."""
+    target = dense_blocks - round(settings.sparsity * dense_blocks)
+    level = max(1, round(settings.step / 2 ** (settings.iterations - 1) * ffn.max_units)) * ffn.unit_params
+    assert target - level < report["params_blocks"] <= target + ffn.unit_params / 2, (report["params_blocks"], target)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +92,39 @@ def test_mutations_keep_each_kinds_total_and_stay_on_levels():
     assert config != tuple(2 if k == "attn" else 96 for k in kinds)  # it does move
 
 
+def test_trades_move_parameters_between_attention_and_ffn_never_above_the_limit(stories):
+    subs = sublayers(stories[0])
+    config = initial_config(stories[0], subs, 0.5, 1.5)
+    levels = [level_grid(u, 1 if s.kind == "attn" else max(1, s.max_units // 8), 4, s.max_units)
+              for s, u in zip(subs, config)]
+    limit = sum(s.params(u) for s, u in zip(subs, config))
+    ffn_steps = [b - a for s, lv in zip(subs, levels) if s.kind == "ffn" for a, b in zip(lv, lv[1:])]
+    rng = random.Random(0)
+    attention_totals = set()
+    for _ in range(200):
+        child = trade(config, rng, levels, subs, limit)
+        kept = sum(s.params(u) for s, u in zip(subs, child))
+        assert all(u in lv for u, lv in zip(child, levels))
+        assert kept <= limit
+        if child != config:  # no FFN level left that would fit under the limit
+            assert limit - kept < max(ffn_steps) * subs[1].unit_params + subs[1].norm_params
+        attention_totals.add(sum(u for s, u in zip(subs, child) if s.kind == "attn"))
+    assert len(attention_totals) > 1  # the split does move
+
+
+def test_start_config_takes_the_given_widths_and_meets_the_budget(stories):
+    model = stories[0]
+    subs = sublayers(model)
+    blocks = param_counts(model).blocks
+    target = blocks - round(0.5 * blocks)
+    dense = Widths.from_config(model.config)
+    kv = [max(0, w.kv_heads - (l % 2) * w.kv_heads) for l, w in enumerate(dense)]  # odd layers lose attention
+    given = dense.with_kv_and_ffn(kv, [w.ffn // 3 for w in dense])
+    config = start_config(subs, given, target)
+    assert list(config[0::2]) == kv
+    assert abs(sum(s.params(u) for s, u in zip(subs, config)) - target) <= subs[1].unit_params / 2
+
+
 def test_initial_config_and_repair_meet_the_budget_within_half_a_neuron(stories):
     model = stories[0]
     subs = sublayers(model)
@@ -121,8 +170,7 @@ def test_search_meets_the_budget_and_the_model_loads_and_generates(stories_dir, 
     model = fresh_stories(stories_dir)
     blocks = param_counts(model).blocks
     report, plots = search_and_prune(model, calib, TINY, tmp_path / "work", progress=False)
-    unit = sublayers(fresh_stories(stories_dir))[1].unit_params
-    assert abs(report["params_blocks"] - (blocks - round(0.5 * blocks))) <= unit / 2
+    assert_meets_the_budget(report, blocks, sublayers(fresh_stories(stories_dir))[1])
     its = report["iterations"]
     assert len(its) == 2 and all(len(it["generations"]) == 3 for it in its)
     assert its[0]["best_fitness"] <= its[0]["start_fitness"]  # the parent is always kept
@@ -132,6 +180,23 @@ def test_search_meets_the_budget_and_the_model_loads_and_generates(stories_dir, 
     assert not (tmp_path / "work").exists()  # the supernet is removed when done
     out = model.generate(calib.ids[:1, :8], max_new_tokens=8, do_sample=False)
     assert out.shape == (1, 16)
+
+
+def test_search_starts_from_a_pruned_checkpoints_widths_and_trades_within_the_budget(stories_dir, calib, tmp_path):
+    model = fresh_stories(stories_dir)
+    blocks = param_counts(model).blocks
+    dense = Widths.from_config(model.config)
+    kv = [w.kv_heads if l % 2 else 0 for l, w in enumerate(dense)]  # even layers lose their attention
+    start = tmp_path / "pruned"
+    start.mkdir()
+    (start / "pruning_report.json").write_text(json.dumps({"widths": dense.with_kv_and_ffn(
+        kv, dense.ffn).to_json()}))
+    settings = SearchSettings(**{**TINY.__dict__, "start": str(start), "iterations": 1})
+    report, _ = search_and_prune(model, calib, settings, tmp_path / "work", progress=False)
+    assert report["start"]["config"][0::2] == kv
+    assert report["start"]["config"] != report["start"]["uniform_config"]
+    assert_meets_the_budget(report, blocks, sublayers(fresh_stories(stories_dir))[1], settings)
+    assert report["iterations"][0]["best_fitness"] <= report["iterations"][0]["start_fitness"]
 
 
 def test_search_resumes_from_the_last_finished_iteration(stories_dir, calib, tmp_path, monkeypatch):
@@ -196,6 +261,8 @@ def test_bad_search_arguments_give_clear_errors(stories_dir, tmp_path):
         (["--widths", str(too_wide)], "can only shrink"),
         (["--widths", str(not_json)], "not valid JSON"),
         (["--widths", str(tmp_path / "missing.json")], "not found"),
+        (["--sparsity", "0.5", "--start", str(tmp_path / "nowhere")], "no such file or folder"),
+        (["--sparsity", "0.5", "--start", str(tmp_path)], "no widths.json"),
     ]
     for extra, message in cases:
         out = tmp_path / "out"
@@ -226,8 +293,7 @@ def test_search_on_qwen_families_meets_the_budget(name, stories_dir, tmp_path):
     calib = load_calibration(tokenizer, "tinystories:train", 4, 64)
     blocks = param_counts(model).blocks
     report, _ = search_and_prune(model, calib, TINY, tmp_path / "work", progress=False)
-    unit = max(s.unit_params for s in sublayers(load_model(tmp_path / "dense")[0]))
-    assert abs(report["params_blocks"] - (blocks - round(0.5 * blocks))) <= unit / 2
+    assert_meets_the_budget(report, blocks, sublayers(load_model(tmp_path / "dense")[0])[1])
     assert report["params_blocks"] == param_counts(model).blocks
     assert model.generate(calib.ids[:1, :8], max_new_tokens=4, do_sample=False).shape == (1, 12)
 
@@ -267,8 +333,7 @@ def test_a_bfloat16_streamed_search_meets_the_budget(stories_dir, calib, tmp_pat
                                         work=tmp_path / "blocks")
     dense = param_counts(skeleton).blocks
     report, _ = search_and_prune(skeleton, calib, settings, tmp_path / "work", progress=False, blocks=blocks)
-    unit = sublayers(fresh_stories(stories_dir))[1].unit_params
-    assert abs(report["params_blocks"] - (dense - round(0.5 * dense))) <= unit / 2
+    assert_meets_the_budget(report, dense, sublayers(fresh_stories(stories_dir))[1], settings)
     assert report["final_kl"]["kl"] < report["iterations"][0]["start_fitness"] * 1.5
 
 
