@@ -26,6 +26,21 @@ class Calibration:
     ids: torch.Tensor  # (N, T) token ids
     sources: list[CalibrationSource]
 
+    def spread(self, count: int) -> list[int]:
+        """``count`` window indices spread evenly over the set (its corpora are concatenated in order, so the first
+        windows are all from the first corpus), ordered so that every prefix is spread too: the first two are from
+        both halves, the first four from all quarters (van der Corput order)."""
+        n = self.ids.shape[0]
+        count = min(count, n)
+
+        def radical_inverse(i: int) -> float:
+            x, base = 0.0, 0.5
+            while i:
+                x, i, base = x + base * (i & 1), i >> 1, base / 2
+            return x
+
+        return [round(i * n / count) for i in sorted(range(count), key=radical_inverse)]
+
     def provenance(self) -> dict:
         n, t = self.ids.shape
         return {"samples": n, "seq_len": t, "tokens": n * t, "sources": [asdict(s) for s in self.sources]}

@@ -31,7 +31,5 @@ class PruneContext:
     def attention_slice(self) -> torch.Tensor:
         """The calibration slice that scores attention removals: ``attn_samples`` windows spread over the set,
         their first ``attn_len`` tokens."""
-        ids, s = self.calib.ids, self.settings
-        count = min(s.attn_samples, ids.shape[0])
-        rows = [round(i * ids.shape[0] / count) for i in range(count)]
-        return ids[rows, : s.preset("attn_len")]
+        rows = sorted(self.calib.spread(self.settings.attn_samples))  # in corpus order, as the paper preset had them
+        return self.calib.ids[rows, : self.settings.preset("attn_len")]

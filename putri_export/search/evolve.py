@@ -146,7 +146,9 @@ def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings
     store = ResumeStore(work_dir, fingerprint(asdict(settings), calib.provenance(), weights), resume, what="search")
     iterations: list[dict] = store.get("iterations", [])
 
-    fitness_ids = calib.ids[: max(settings.stage_samples)]
+    # Every stage scores a prefix of these: spread over the set, so each stage sees every corpus it can (the first
+    # windows alone would all be from the first corpus, and the search would fit that corpus only).
+    fitness_ids = calib.ids[calib.spread(max(settings.stage_samples))]
     fitness = FitnessEvaluator(model, fitness_ids, settings.top_k, settings.batch_size, blocks)
     # Rebuilt variants are cached up to 1/8 of the dense blocks' bytes: a candidate touches every sub-layer after
     # its first change, and rebuilding one is a file read and a row gather.

@@ -27,7 +27,8 @@ class SearchSettings:
     levels: int = option(9, "levels per sub-layer (centre ± levels // 2 steps)")
     generations: int = option(20, "generations per iteration")
     offspring: int = option(16, "offspring per generation")
-    stage_samples: tuple[int, ...] = option((1, 4), "calibration windows scoring each selection stage")
+    stage_samples: tuple[int, ...] = option((2, 4), "calibration windows scoring each selection stage (spread over "
+                                            "the set: 2 windows already see both halves, e.g. both default corpora)")
     stage_keep: tuple[int, ...] = option((4, 1), "survivors of each selection stage (ends with 1)")
     max_shifts: int = option(4, "level shifts per mutation (uniform in 1..max-shifts)")
     top_k: int = option(256, "dense next-token probabilities kept for the KL")
