@@ -132,9 +132,10 @@ def recover_model(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer,
                          f"{student.config.hidden_size})")
     widths = Widths.from_config(student.config).to_json()
     train_ids, eval_ids, provenance = training_windows(tokenizer, settings)
-    key = fingerprint(asdict(settings), provenance, model_fingerprint(student), model_fingerprint(teacher))
-    store = ResumeStore(state_dir, key, resume, what="recovery")
     device = student.get_input_embeddings().weight.device
+    autocast = settings.resolved_autocast(device)  # in the key: a resumed run keeps the precision it started in
+    key = fingerprint(asdict(settings), autocast, provenance, model_fingerprint(student), model_fingerprint(teacher))
+    store = ResumeStore(state_dir, key, resume, what="recovery")
     teacher.eval()
     student.eval()  # no dropout: the loss is the only noise
     teacher.requires_grad_(False)
@@ -143,8 +144,7 @@ def recover_model(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer,
     for p in params.values():
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(list(params.values()), lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    cache = TeacherCache(teacher, train_ids, settings.top_k, settings.hidden_weight > 0, store,
-                         autocast=settings.autocast)
+    cache = TeacherCache(teacher, train_ids, settings.top_k, settings.hidden_weight > 0, store, autocast=autocast)
     shards = _shards(train_ids.shape[0], settings.shard_windows)
 
     step = store.get("step", 0)
@@ -182,7 +182,7 @@ def recover_model(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer,
                 batch.append((train_ids[window:window + 1].to(device),
                               {k: v[row:row + 1].to(device) for k, v in teacher_out.items()}))
             optimizer.zero_grad(set_to_none=True)
-            kls.append(accumulate_gradients(student, batch, settings.hidden_weight, settings.autocast))
+            kls.append(accumulate_gradients(student, batch, settings.hidden_weight, autocast))
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(_schedule_step(step, elapsed, settings), settings.steps, settings.lr,
                                             settings.warmup_steps)
@@ -231,6 +231,7 @@ def recover_model(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer,
         "trainable_params": sum(p.numel() for p in params.values()),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": str(device),
+        "autocast": autocast,
         "log": log,
     }
     store.clear()

@@ -17,8 +17,9 @@ from putri_export.prune import PruneSettings, prune_model
 from putri_export.recover import RecoverSettings, recover_model
 from putri_export.recover import job as recover_job
 
+# fp32 whatever the CPU (autocast auto would pick bf16 on some): the same numbers on every CI machine.
 SMALL = {"data": "tinystories:train", "windows": 64, "seq_len": 128, "tokens": 64 * 128, "batch_windows": 4,
-         "lr": 1e-3, "shard_windows": 8, "eval_windows": 4, "save_every": 2}
+         "lr": 1e-3, "shard_windows": 8, "eval_windows": 4, "save_every": 2, "autocast": "none"}
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +103,20 @@ def test_bf16_autocast_trains_in_bf16_and_keeps_fp32_weights(stories, pruned, ti
     assert torch.bfloat16 in seen["student"] and torch.bfloat16 in seen["teacher"]
     assert torch.float32 in seen["student"]  # the held-out KL is measured in fp32
     assert all(p.dtype == torch.float32 for p in student.parameters())
+    assert report["autocast"] == "bf16"
     assert _ppl(student, tinystories_ids) < 0.8 * before
     assert report["held_out_kl_after"] < report["held_out_kl_before"]
+
+
+def test_autocast_auto_means_bf16_only_where_the_device_has_bf16_arithmetic(monkeypatch):
+    cpu = torch.device("cpu")
+    for flags, expected in (("fpu sse avx512f", "none"), ("fpu avx512f avx512_bf16", "bf16"),
+                            ("fpu amx_bf16 amx_tile", "bf16")):
+        monkeypatch.setattr("pathlib.Path.read_text", lambda self, flags=flags: flags)
+        assert RecoverSettings().resolved_autocast(cpu) == expected
+        assert RecoverSettings(autocast="none").resolved_autocast(cpu) == "none"
+    assert RecoverSettings(autocast="bf16").resolved_autocast(torch.device("meta")) == "bf16"
+    assert RecoverSettings().resolved_autocast(torch.device("meta")) == "none"
 
 
 def test_hidden_state_matching_and_embedding_training(stories, pruned):
