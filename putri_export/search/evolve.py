@@ -123,6 +123,7 @@ class SearchResult:
     widths: Widths
     uniform_widths: Widths
     report: dict = field(default_factory=dict)
+    start_widths: Widths | None = None  # where the search started (--start, or the uniform split)
     fitness: FitnessEvaluator | None = None  # scores physically pruned models on the search's tokens
     bank: VariantBank | None = None  # the last iteration's supernet (None when resumed past it)
 
@@ -205,6 +206,6 @@ def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     return SearchResult(final, uniform, config_widths(model, final), config_widths(model, uniform),
-                        report, fitness, bank)
+                        report, config_widths(model, first), fitness, bank)
 
 
