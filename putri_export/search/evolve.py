@@ -31,6 +31,7 @@ from .space import (
     SubLayer,
     config_widths,
     initial_config,
+    kept_params,
     level_grid,
     mutate,
     repair_budget,
@@ -99,10 +100,6 @@ def start_widths(start: str, dense: Widths) -> Widths:
     return Widths.read(path, dense)
 
 
-def _kept(subs: list[SubLayer], config: Config) -> int:
-    return sum(s.params(u) for s, u in zip(subs, config))
-
-
 def _final_config(subs: list[SubLayer], config: Config, target_kept: int, limit: int, settings: SearchSettings
                   ) -> Config:
     """The searched configuration as the supernet holds it (so its assembled weights can be used) when it keeps at
@@ -111,7 +108,7 @@ def _final_config(subs: list[SubLayer], config: Config, target_kept: int, limit:
     step = settings.step / 2 ** (settings.iterations - 1)
     level = min((max(1, round(step * s.max_units / settings.align)) * settings.align * s.unit_params
                  for s in subs if s.kind == "ffn" and s.max_units), default=0)
-    if target_kept - level < _kept(subs, config) <= limit:
+    if target_kept - level < kept_params(subs, config) <= limit:
         return config
     return repair_budget(subs, config, target_kept, settings.align)
 
@@ -142,9 +139,10 @@ def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings
     uniform = initial_config(model, subs, settings.sparsity, settings.alpha, settings.align)
     first = uniform if settings.start == "uniform" else start_config(
         subs, start_widths(settings.start, Widths.from_config(model.config)), target_kept, settings.align)
-    limit = max(target_kept, _kept(subs, first))  # a trade never keeps more than the start
+    limit = max(target_kept, kept_params(subs, first))  # a trade never keeps more than the start
     weights = model_fingerprint(model) if blocks is None else blocks.fingerprint()
-    store = ResumeStore(work_dir, fingerprint(asdict(settings), calib.provenance(), weights), resume, what="search")
+    store = ResumeStore(work_dir, fingerprint(asdict(settings), calib.provenance(), weights, first), resume,
+                        what="search")
     iterations: list[dict] = store.get("iterations", [])
 
     # Every stage scores a prefix of these: spread over the set, so each stage sees every corpus it can (the first
@@ -202,7 +200,7 @@ def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings
         "search_seconds": time.perf_counter() - start, "peak_supernet_bytes": peak_disk,
         "budget_repair": [{"layer": s.layer, "from": a, "to": b} for s, a, b in zip(subs, config, final)
                           if a != b and s.kind == "ffn"],
-        "kept_block_params": _kept(subs, final),
+        "kept_block_params": kept_params(subs, final),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     return SearchResult(final, uniform, config_widths(model, final), config_widths(model, uniform),

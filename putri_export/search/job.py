@@ -80,9 +80,9 @@ def search_and_prune(model: PutriForCausalLM, calib: Calibration, settings: Sear
         target = result.widths
         report.update(result.report)
         report["uniform_widths"] = result.uniform_widths.to_json()
-        start = "uniform (Putri split)" if settings.start == "uniform" else Path(settings.start).name
+        origin = "uniform (Putri split)" if settings.start == "uniform" else Path(settings.start).name
         plots["search_widths.png"] = plot_widths(dense_widths, result.start_widths, result.widths,
-                                                 (f"start: {start}", "searched"))
+                                                 (f"start: {origin}", "searched"))
         plots["search_fitness.png"] = plot_fitness(result.report["iterations"])
     # The searched configuration exists twice: assembled from supernet variants (fitted on expected
     # inputs) and re-pruned at its widths on the real pruned prefix. Keep whichever is closer to dense.

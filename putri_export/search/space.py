@@ -85,6 +85,11 @@ def initial_config(model: PutriForCausalLM, subs: list[SubLayer], sparsity: floa
     return repair_budget(subs, tuple(units), target_kept, align)
 
 
+def kept_params(subs: list[SubLayer], config: Config) -> int:
+    """Block parameters a configuration keeps."""
+    return sum(s.params(u) for s, u in zip(subs, config))
+
+
 def start_config(subs: list[SubLayer], widths: Widths, target_kept: int, align: int = 1) -> Config:
     """A given distribution (e.g. the widths Putri's greedy head removal chose) as a configuration, its FFNs moved
     by :func:`repair_budget` to this search's target."""
@@ -106,7 +111,7 @@ def repair_budget(subs: list[SubLayer], config: Config, target_kept: int, align:
     ffn = [i for i, s in enumerate(subs) if s.kind == "ffn" and s.max_units]
     unit = subs[ffn[0]].unit_params if ffn else 0
     for _ in range(sum(s.max_units for s in subs if s.kind == "ffn") + 1):
-        diff = sum(s.params(u) for s, u in zip(subs, units)) - target_kept
+        diff = kept_params(subs, units) - target_kept
         if (abs(diff) <= unit / 2) if align == 1 else (-align * unit < diff <= 0):
             break
         if diff > 0:  # to the next multiple of align below (a dense, unaligned width included)
@@ -165,21 +170,18 @@ def trade(config: Config, rng: random.Random, levels: list[list[int]], subs: lis
     ia = levels[a].index(child[a])
     child[a] = levels[a][rng.choice([j for j in (ia - 1, ia + 1) if 0 <= j < len(levels[a])])]
 
-    def kept() -> int:
-        return sum(s.params(u) for s, u in zip(subs, child))
-
     def shifted(i: int, by: int) -> int | None:
         j = levels[i].index(child[i]) + by
         return levels[i][j] if 0 <= j < len(levels[i]) else None
 
-    while kept() > limit:
+    while kept_params(subs, child) > limit:
         options = [i for i in ffn if shifted(i, -1) is not None]
         if not options:
             return config
         i = rng.choice(options)
         child[i] = shifted(i, -1)
     while True:
-        room = limit - kept()
+        room = limit - kept_params(subs, child)
         options = [i for i in ffn if (u := shifted(i, 1)) is not None
                    and subs[i].params(u) - subs[i].params(child[i]) <= room]
         if not options:
