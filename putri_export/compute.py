@@ -49,22 +49,24 @@ class ComputeSettings:
         return weight_bytes > STREAM_ABOVE_FREE_SHARE * free_memory(self.torch_device())
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (``/proc/cpuinfo``); empty where it does not."""
+    from pathlib import Path
+
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return set()
+
+
 def has_native_bf16(device: torch.device) -> bool:
     """Whether ``device`` does bfloat16 arithmetic in hardware: a CUDA GPU that supports it, or a CPU whose Linux
     flags say AVX512-BF16 or AMX-BF16. Elsewhere bf16 is emulated, slower than fp32."""
-    import re
-    from pathlib import Path
-
     import torch
 
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    try:
-        return re.search(r"\b(avx512_bf16|amx_bf16)\b", Path("/proc/cpuinfo").read_text()) is not None
-    except OSError:
-        return False
+    return device.type == "cpu" and bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def return_freed_memory() -> None:

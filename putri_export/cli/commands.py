@@ -243,7 +243,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def recorded_dense_model(pruned: Path) -> str | None:
     """The dense model a checkpoint was pruned from, as its pruning (or search) report records it."""
-    from ..recover.job import PRUNING_REPORTS
+    from ..model.checkpoint import PRUNING_REPORTS
 
     for name in PRUNING_REPORTS:
         report = Path(pruned) / name

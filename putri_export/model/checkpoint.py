@@ -11,6 +11,9 @@ from ..atomic import staged
 from ..errors import PutriError
 from .families import PutriForCausalLM
 
+# What a pruned checkpoint's widths came from (the source model, settings, widths): kept with any checkpoint made
+# from it, read for its widths and its dense model.
+PRUNING_REPORTS = ("pruning_report.json", "search_report.json")
 # Files the HF tokenizer does not re-save but exporters need (SentencePiece scores for GGUF).
 TOKENIZER_SIDECARS = ("tokenizer.model",)
 

@@ -18,6 +18,7 @@ from ..data import load_calibration
 from ..data.corpus import is_evaluation_source
 from ..errors import PutriError
 from ..model import Widths, load_model, save_checkpoint
+from ..model.checkpoint import PRUNING_REPORTS
 from ..resume import ResumeStore, fingerprint, model_fingerprint
 from .distill import hidden_mse, learning_rate, topk_kl
 from .settings import RecoverSettings
@@ -236,10 +237,6 @@ def recover_model(student: torch.nn.Module, teacher: torch.nn.Module, tokenizer,
     }
     store.clear()
     return report
-
-
-# What a pruned checkpoint's widths came from: kept with the recovered checkpoint.
-PRUNING_REPORTS = ("pruning_report.json", "search_report.json")
 
 
 def recover_checkpoint(pruned: Path, teacher: str | Path, out: Path, settings: RecoverSettings,

@@ -86,10 +86,9 @@ def cpu_extra_buffer_types() -> list[str] | None:
 
 def cpu_has_amx() -> bool:
     """Linux's CPU flags say AMX (Intel Sapphire Rapids and later)."""
-    try:
-        return "amx_int8" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    from ..compute import cpu_flags
+
+    return "amx_int8" in cpu_flags()
 
 
 @functools.cache

@@ -23,6 +23,7 @@ from ..data import Calibration
 from ..errors import PutriError
 from ..model import PutriForCausalLM, Widths, param_counts
 from ..model.blocks import BlockStore
+from ..model.checkpoint import PRUNING_REPORTS
 from ..resume import ResumeStore, fingerprint, model_fingerprint
 from .fitness import FitnessEvaluator
 from .settings import SearchSettings
@@ -33,6 +34,7 @@ from .space import (
     initial_config,
     kept_params,
     level_grid,
+    level_step,
     mutate,
     repair_budget,
     start_config,
@@ -91,7 +93,7 @@ def start_widths(start: str, dense: Widths) -> Widths:
     search_report.json) or one of those files."""
     path = Path(start)
     if path.is_dir():
-        files = [path / n for n in ("widths.json", "pruning_report.json", "search_report.json") if (path / n).is_file()]
+        files = [path / n for n in ("widths.json", *PRUNING_REPORTS) if (path / n).is_file()]
         if not files:
             raise PutriError(f"--start {start}: the folder has no widths.json, pruning_report.json or "
                              "search_report.json (accepted: 'uniform', a pruned checkpoint folder or one of those "
@@ -105,8 +107,8 @@ def _final_config(subs: list[SubLayer], config: Config, target_kept: int, limit:
     """The searched configuration as the supernet holds it (so its assembled weights can be used) when it keeps at
     most ``limit`` and less than one last-iteration FFN level below the target, which is what a trade leaves: the
     model is then that much smaller than asked. Otherwise it is moved to the target by :func:`repair_budget`."""
-    step = settings.step / 2 ** (settings.iterations - 1)
-    level = min((max(1, round(step * s.max_units / settings.align)) * settings.align * s.unit_params
+    step_frac = settings.step / 2 ** (settings.iterations - 1)
+    level = min((level_step(s, step_frac, settings.align) * s.unit_params
                  for s in subs if s.kind == "ffn" and s.max_units), default=0)
     if target_kept - level < kept_params(subs, config) <= limit:
         return config
@@ -161,9 +163,8 @@ def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings
         step_frac = settings.step / 2 ** it
         levels = []
         for s, u in zip(subs, config):
-            unit = settings.align if s.kind == "ffn" else 1  # FFN levels stay on multiples of --align
-            step = max(1, round(step_frac * s.max_units / unit)) * unit if s.max_units else 1
-            levels.append(level_grid(u, step, side, s.max_units) if s.max_units else [0])
+            levels.append(level_grid(u, level_step(s, step_frac, settings.align), side, s.max_units)
+                          if s.max_units else [0])
         bank_dir = work_dir / f"supernet{it}"
         if bank_dir.exists():
             shutil.rmtree(bank_dir)

@@ -47,6 +47,13 @@ def sublayers(model: PutriForCausalLM) -> list[SubLayer]:
     return out
 
 
+def level_step(sub: SubLayer, step_frac: float, align: int = 1) -> int:
+    """Units between neighbouring levels of ``sub`` at ``step_frac`` of its width (FFN levels stay on multiples of
+    ``align``; at least one unit)."""
+    unit = align if sub.kind == "ffn" else 1
+    return max(1, round(step_frac * sub.max_units / unit)) * unit if sub.max_units else 1
+
+
 def level_grid(centre: int, step: int, side: int, max_units: int) -> list[int]:
     """Unit counts ``centre + j*step`` (|j| <= side) inside [0, max]; 0 and max are added when the
     window reaches past them (a sub-layer may vanish or stay dense)."""
