@@ -20,7 +20,6 @@ from putri_export.data import DEFAULT_CALIBRATION, load_calibration
 from putri_export.model import load_model, save_checkpoint
 from putri_export.model.assets import resolve_model
 from putri_export.prune import PruneSettings
-from putri_export.prune.context import PruneContext
 from putri_export.prune.stages import reconstruct_blocks
 from putri_export.prune.stream import BlockRunner, DenseStream
 
@@ -42,11 +41,11 @@ def main() -> None:
     model, tokenizer = load_model(Path(args.pruned))
     dense, _ = load_model(resolve_model(args.dense).path)
     calib = load_calibration(tokenizer, args.calib, args.calib_samples, args.calib_len)
-    settings = PruneSettings(reconstruct_epochs=args.epochs, reconstruct_lr=args.lr)
-    ctx = PruneContext(model, calib, settings, BlockRunner(model, settings.batch_size), store=None)
+    batch_size = PruneSettings().batch_size
     start = time.perf_counter()
     with torch.no_grad():
-        log = reconstruct_blocks(ctx, DenseStream(dense, calib.ids, settings.batch_size), args.epochs, args.lr)
+        log = reconstruct_blocks(BlockRunner(model, batch_size), calib.ids, DenseStream(dense, calib.ids, batch_size),
+                                 args.epochs, args.lr)
     seconds = time.perf_counter() - start
     out = save_checkpoint(model, tokenizer, Path(args.out), source_dir=Path(args.pruned))
     report = {"pruned": args.pruned, "dense": args.dense, "epochs": args.epochs, "lr": args.lr,

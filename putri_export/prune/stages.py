@@ -303,16 +303,16 @@ def train_block(runner: BlockRunner, layer: torch.nn.Module, x: torch.Tensor, ta
             p.requires_grad_(False)
 
 
-def reconstruct_blocks(ctx: PruneContext, dense: DenseStream, epochs: int, lr: float) -> list[dict]:
+def reconstruct_blocks(runner: BlockRunner, ids: torch.Tensor, dense: DenseStream, epochs: int, lr: float,
+                       progress: bool = True) -> list[dict]:
     """Block reconstruction: block by block, every kept weight of the pruned block (projections and norms) is trained
     (:func:`train_block`) so that the block's output on the *pruned* stream matches the dense model's block output on
     the dense stream; the stream then advances through the trained block. Memory: one block's gradients and Adam
-    state beside the two streams."""
-    runner = ctx.runner
-    x = runner.embed(ctx.calib.ids)
+    state beside the two streams. Used by Putri's last stage, the search's final pruning and tools/reconstruct.py."""
+    x = runner.embed(ids)
     generator = torch.Generator().manual_seed(0)
     log: list[dict] = []
-    for l in tqdm(range(len(runner.layers)), desc="block reconstruction", unit="block", disable=not ctx.progress):
+    for l in tqdm(range(len(runner.layers)), desc="block reconstruction", unit="block", disable=not progress):
         layer = runner.layers[l]
         y_dense = dense.step(l)[1]
         before = relative_block_error(runner, layer, x, y_dense)

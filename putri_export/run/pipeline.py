@@ -131,7 +131,8 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
     if recipe.search:
         from ..search import SearchSettings, search_and_prune
 
-        settings = SearchSettings(**{"sparsity": recipe.sparsity, "align": recipe.align, **recipe.search_options})
+        settings = SearchSettings(**{"sparsity": recipe.sparsity, "align": recipe.align,
+                                     "reconstruct_epochs": recipe.reconstruct_epochs, **recipe.search_options})
         report, plots = search_and_prune(model, calib, settings, out.parent / "search-work", resume=True,
                                          blocks=blocks)
         files = {"search_report.json": json.dumps(report, indent=2) + "\n", **plots}

@@ -26,8 +26,8 @@ class Recipe:
                          "dense model; keeps a dense copy in memory, so not for a streamed model; SmolLM2-135M at 0.5: "
                          "TinyStories 0.79x, WikiText-2 1.07x the paper's, results/quality)",
                          choices=PUTRI_METHODS)
-    reconstruct_epochs: int = option(0, "block reconstruction after pruning (prune --reconstruct-epochs; not with "
-                                     "--search): SmolLM2-135M putri-dense-fit 0.5, 2 epochs in 5.7 min: 0.95x/0.75x "
+    reconstruct_epochs: int = option(0, "block reconstruction after pruning (prune/search --reconstruct-epochs): "
+                                     "SmolLM2-135M putri-dense-fit 0.5, 2 epochs in 5.7 min: 0.95x/0.75x "
                                      "the paper preset's whole-set perplexities (results/quality)")
     search: bool = option(False, "Týr-style search of per-layer widths before pruning")
     formats: list[str] = option(["gguf", "onnx"], f"artifact formats ({', '.join(FORMATS)})")
@@ -77,8 +77,8 @@ class Recipe:
             raise PutriError(f"unknown ONNX quantization(s) {bad}: choose from {', '.join(QUANTIZATIONS)}")
         if self.eval_windows < 1 or self.verify_windows < 1 or self.seq_len < 16:
             raise PutriError("eval-windows and verify-windows must be >= 1 and seq-len >= 16")
-        if self.reconstruct_epochs < 0 or (self.reconstruct_epochs and self.search):
-            raise PutriError("reconstruct-epochs must be >= 0, and is an option of pruning without --search")
+        if self.reconstruct_epochs < 0:
+            raise PutriError(f"reconstruct-epochs must be >= 0, got {self.reconstruct_epochs}")
         if self.recover:
             from ..recover import RecoverSettings
 

@@ -20,10 +20,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..data import Calibration
-from ..errors import PutriError
 from ..model import PutriForCausalLM, Widths, param_counts
 from ..model.blocks import BlockStore
-from ..model.checkpoint import PRUNING_REPORTS
 from ..resume import ResumeStore, fingerprint, model_fingerprint
 from .fitness import FitnessEvaluator
 from .settings import SearchSettings
@@ -41,6 +39,7 @@ from .space import (
     sublayers,
     trade,
 )
+from .start import greedy_widths, resolve_start, widths_from
 from .supernet import VariantBank, build_supernet
 
 # ---------------------------------------------------------------------------------------------
@@ -88,20 +87,6 @@ def evolve(parent: Config, parent_fitness: float, levels: list[list[int]], kinds
     return parent, parent_fitness, history
 
 
-def start_widths(start: str, dense: Widths) -> Widths:
-    """The widths ``--start`` names: a pruned checkpoint's folder (its widths.json, pruning_report.json or
-    search_report.json) or one of those files."""
-    path = Path(start)
-    if path.is_dir():
-        files = [path / n for n in ("widths.json", *PRUNING_REPORTS) if (path / n).is_file()]
-        if not files:
-            raise PutriError(f"--start {start}: the folder has no widths.json, pruning_report.json or "
-                             "search_report.json (accepted: 'uniform', a pruned checkpoint folder or one of those "
-                             "files)")
-        path = files[0]
-    return Widths.read(path, dense)
-
-
 def _final_config(subs: list[SubLayer], config: Config, target_kept: int, limit: int, settings: SearchSettings
                   ) -> Config:
     """The searched configuration as the supernet holds it (so its assembled weights can be used) when it keeps at
@@ -139,11 +124,18 @@ def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings
     counts = param_counts(model)
     target_kept = counts.blocks - round(settings.sparsity * counts.blocks)
     uniform = initial_config(model, subs, settings.sparsity, settings.alpha, settings.align)
-    first = uniform if settings.start == "uniform" else start_config(
-        subs, start_widths(settings.start, Widths.from_config(model.config)), target_kept, settings.align)
+    start_from = resolve_start(settings, blocks)
+    if start_from == "uniform":
+        first = uniform
+    else:
+        dense = Widths.from_config(model.config)
+        given = (greedy_widths(model, calib, settings, work_dir / "greedy", resume, progress)
+                 if start_from == "greedy" else widths_from(start_from, dense))
+        first = start_config(subs, given, target_kept, settings.align)
     limit = max(target_kept, kept_params(subs, first))  # a trade never keeps more than the start
     weights = model_fingerprint(model) if blocks is None else blocks.fingerprint()
-    store = ResumeStore(work_dir, fingerprint(asdict(settings), calib.provenance(), weights, first), resume,
+    searched_by = {k: v for k, v in asdict(settings).items() if not k.startswith("reconstruct")}  # after the search
+    store = ResumeStore(work_dir, fingerprint(searched_by, calib.provenance(), weights, first), resume,
                         what="search")
     iterations: list[dict] = store.get("iterations", [])
 
@@ -194,7 +186,7 @@ def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings
     final = _final_config(subs, config, target_kept, limit, settings)
     report = {
         "settings": asdict(settings), "target_kept_block_params": target_kept,
-        "start": {"source": settings.start, "config": list(first), "uniform_config": list(uniform)},
+        "start": {"source": start_from, "config": list(first), "uniform_config": list(uniform)},
         "attention_block_params": {"start": sum(s.params(u) for s, u in zip(subs, first) if s.kind == "attn"),
                                    "searched": sum(s.params(u) for s, u in zip(subs, final) if s.kind == "attn")},
         "dense_block_params": counts.blocks, "iterations": iterations,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import resource
 import shutil
 import time
@@ -15,7 +16,8 @@ from ..data import Calibration
 from ..errors import PutriError
 from ..model import PutriForCausalLM, Widths, achieved, param_counts
 from ..model.blocks import BlockStore
-from ..prune.stream import BlockRunner
+from ..prune.stages import reconstruct_blocks
+from ..prune.stream import BlockRunner, DenseStream
 from .evolve import SearchResult, search
 from .plots import plot_fitness, plot_widths
 from .settings import SearchSettings
@@ -65,6 +67,11 @@ def search_and_prune(model: PutriForCausalLM, calib: Calibration, settings: Sear
     ``save_streamed_checkpoint``); None: the model is held whole on its device."""
     if blocks is not None and blocks.work is None:
         raise PutriError("a streamed model needs a work folder for its pruned blocks")
+    if blocks is not None and settings.reconstruct_epochs:
+        raise PutriError("--reconstruct-epochs runs a dense copy of the blocks beside the pruned ones, which a "
+                         "streamed model does not hold: use --streaming off, or no reconstruction")
+    # block reconstruction fits the pruned blocks to the dense ones: a frozen copy, taken before any change
+    dense_copy = copy.deepcopy(model) if settings.reconstruct_epochs else None
     start = time.perf_counter()
     dense = param_counts(model)
     subs = sublayers(model)
@@ -80,7 +87,9 @@ def search_and_prune(model: PutriForCausalLM, calib: Calibration, settings: Sear
         target = result.widths
         report.update(result.report)
         report["uniform_widths"] = result.uniform_widths.to_json()
-        origin = "uniform (Putri split)" if settings.start == "uniform" else Path(settings.start).name
+        source = result.report["start"]["source"]
+        origin = {"uniform": "uniform (Putri split)", "greedy": "greedy (Putri preset)"}.get(source,
+                                                                                           Path(source).name)
         plots["search_widths.png"] = plot_widths(dense_widths, result.start_widths, result.widths,
                                                  (f"start: {origin}", "searched"))
         plots["search_fitness.png"] = plot_fitness(result.report["iterations"])
@@ -101,6 +110,16 @@ def search_and_prune(model: PutriForCausalLM, calib: Calibration, settings: Sear
         report["final_kl"] = {"assembled_from_supernet": kl_assembled, "repruned_at_widths": kl_repruned,
                               "chosen": "assembled" if use_assembled else "repruned",
                               "kl": result.fitness.model_kl(model, last), "tokens": last * calib.ids.shape[1]}
+    if dense_copy is not None:
+        with torch.no_grad():
+            report["reconstruction"] = reconstruct_blocks(
+                BlockRunner(model, settings.batch_size), calib.ids,
+                DenseStream(dense_copy, calib.ids, settings.batch_size), settings.reconstruct_epochs,
+                settings.reconstruct_lr, progress)
+        del dense_copy
+        if result is not None:
+            report["final_kl"]["after_reconstruction"] = result.fitness.model_kl(model, last)
+    if result is not None:
         shutil.rmtree(work_dir, ignore_errors=True)
     report.update({
         "method": "putri+search" if widths_file is None else "putri (given widths)",

@@ -12,6 +12,7 @@ from helpers import assert_one_clear_error, cli, fresh_stories, run_cli
 from putri_export.data import load_calibration
 from putri_export.errors import PutriError
 from putri_export.model import Widths, load_model, param_counts
+from putri_export.prune import PruneSettings, prune_model
 from putri_export.prune.obs import group_removal_order, refit_error
 from putri_export.search import SearchSettings, search, search_and_prune
 from putri_export.search.fitness import FitnessEvaluator
@@ -24,10 +25,12 @@ from putri_export.search.space import (
     sublayers,
     trade,
 )
+from putri_export.search.start import greedy_widths, resolve_start
 from putri_export.search.supernet import VariantBank, build_supernet, prune_to_widths
 
+# start "uniform": these tests check the search itself (the greedy start has its own tests below)
 TINY = SearchSettings(sparsity=0.5, iterations=2, generations=3, offspring=5, stage_samples=(2, 4),
-                      stage_keep=(2, 1), top_k=64)
+                      stage_keep=(2, 1), top_k=64, start="uniform")
 
 
 def assert_meets_the_budget(report: dict, dense_blocks: int, ffn, settings: SearchSettings = TINY) -> None:
@@ -197,6 +200,55 @@ def test_search_starts_from_a_pruned_checkpoints_widths_and_trades_within_the_bu
     assert report["start"]["config"] != report["start"]["uniform_config"]
     assert_meets_the_budget(report, blocks, sublayers(fresh_stories(stories_dir))[1], settings)
     assert report["iterations"][0]["best_fitness"] <= report["iterations"][0]["start_fitness"]
+
+
+def test_search_starts_from_the_paper_presets_greedy_allocation_without_changing_the_model(stories_dir, calib,
+                                                                                              tmp_path):
+    greedy = prune_model(fresh_stories(stories_dir), calib, PruneSettings(method="putri", sparsity=0.5),
+                         progress=False)
+    model = fresh_stories(stories_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = SearchSettings(**{**TINY.__dict__, "start": "auto", "iterations": 1, "generations": 1})
+    result = search(model, calib, settings, tmp_path / "work", progress=False)
+    assert result.report["start"]["source"] == "greedy"
+    assert result.report["start"]["config"][0::2] == [w["kv_heads"] for w in greedy["widths"]]
+    assert result.report["start"]["config"] != result.report["start"]["uniform_config"]
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the greedy pass pruned a copy
+
+
+def test_a_finished_greedy_start_is_not_pruned_again_on_resume(stories_dir, calib, tmp_path, monkeypatch):
+    import putri_export.prune as prune_package
+
+    model = fresh_stories(stories_dir)
+    first = greedy_widths(model, calib, TINY, tmp_path / "greedy", progress=False)
+
+    def no_second_prune(*args, **kwargs):
+        raise AssertionError("the finished greedy pass ran again")
+
+    monkeypatch.setattr(prune_package, "prune_model", no_second_prune)
+    assert greedy_widths(model, calib, TINY, tmp_path / "greedy", resume=True).to_json() == first.to_json()
+    with pytest.raises(AssertionError, match="ran again"):  # without --resume it starts over
+        greedy_widths(model, calib, TINY, tmp_path / "greedy", progress=False)
+
+
+def test_auto_start_is_greedy_in_memory_and_uniform_streamed():
+    streamed = object()  # any block store
+    assert resolve_start(SearchSettings(), None) == "greedy"
+    assert resolve_start(SearchSettings(), streamed) == "uniform"
+    assert resolve_start(SearchSettings(start="uniform"), None) == "uniform"
+    with pytest.raises(PutriError, match="streamed model does not hold"):
+        resolve_start(SearchSettings(start="greedy"), streamed)
+
+
+def test_search_with_block_reconstruction_lowers_each_blocks_error_and_the_kl(stories_dir, calib, tmp_path):
+    settings = SearchSettings(**{**TINY.__dict__, "iterations": 1, "generations": 1, "reconstruct_epochs": 2})
+    model = fresh_stories(stories_dir)
+    report, _ = search_and_prune(model, calib, settings, tmp_path / "work", progress=False)
+    log = report["reconstruction"]
+    assert len(log) == len(model.model.layers)
+    assert all(e["relative_error_after"] < e["relative_error_before"] for e in log)
+    assert report["final_kl"]["after_reconstruction"] < report["final_kl"]["kl"]
+    assert not (tmp_path / "work").exists()
 
 
 def test_search_resumes_from_the_last_finished_iteration(stories_dir, calib, tmp_path, monkeypatch):
