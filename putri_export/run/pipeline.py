@@ -126,13 +126,14 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
     model, tokenizer, _, blocks = open_model(dense_dir, compute, work=out.parent / "prune-blocks")
     dense_widths = Widths.from_config(model.config)
     calib = load_calibration(tokenizer, recipe.calib, recipe.calib_samples, recipe.calib_len)
+    epochs = recipe.reconstruction_epochs(streamed=blocks is not None)
     if out.exists():
         shutil.rmtree(out)
     if recipe.search:
         from ..search import SearchSettings, search_and_prune
 
         settings = SearchSettings(**{"sparsity": recipe.sparsity, "align": recipe.align,
-                                     "reconstruct_epochs": recipe.reconstruct_epochs, **recipe.search_options})
+                                     "reconstruct_epochs": epochs, **recipe.search_options})
         report, plots = search_and_prune(model, calib, settings, out.parent / "search-work", resume=True,
                                          blocks=blocks)
         files = {"search_report.json": json.dumps(report, indent=2) + "\n", **plots}
@@ -140,7 +141,7 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
         from ..prune import PruneSettings, prune_model
 
         settings = PruneSettings(method=recipe.method, sparsity=recipe.sparsity, align=recipe.align,
-                                 reconstruct_epochs=recipe.reconstruct_epochs)
+                                 reconstruct_epochs=epochs)
         report = prune_model(model, calib, settings,
                              state_dir=out.parent / "prune-state", resume=True, blocks=blocks)
         files = {"pruning_report.json": json.dumps(report, indent=2) + "\n"}
@@ -149,7 +150,7 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
     keys = ("method", "params_blocks", "params_total", "dense_params_blocks", "dense_params_total",
             "sparsity_blocks", "sparsity_total", "widths", "peak_rss_mb", "threads")
     return {k: report.get(k) for k in keys} | {"seconds": report.get("prune_seconds", report.get("seconds")),
-                                               "dense_widths": dense_widths.to_json()}
+                                               "dense_widths": dense_widths.to_json(), "reconstruct_epochs": epochs}
 
 
 def _recover(recipe: Recipe, dense_dir: Path, pruned_dir: Path, out: Path) -> dict:

@@ -15,6 +15,9 @@ from ..options import option
 from ..prune import check_sparsity
 from ..prune.settings import PUTRI_METHODS
 
+# run's default reconstruction (a model held in memory): the paper preset plus these epochs is run's default route
+DEFAULT_RECONSTRUCT_EPOCHS = 2
+
 
 @dataclass
 class Recipe:
@@ -26,10 +29,14 @@ class Recipe:
                          "dense model; keeps a dense copy in memory, so not for a streamed model; SmolLM2-135M at 0.5: "
                          "TinyStories 0.79x, WikiText-2 1.07x the paper's, results/quality)",
                          choices=PUTRI_METHODS)
-    reconstruct_epochs: int = option(0, "block reconstruction after pruning (prune/search --reconstruct-epochs): "
-                                     "SmolLM2-135M putri-dense-fit 0.5, 2 epochs in 5.7 min: 0.95x/0.75x "
-                                     "the paper preset's whole-set perplexities (results/quality)")
-    search: bool = option(False, "Týr-style search of per-layer widths before pruning")
+    reconstruct_epochs: int | None = option(
+        None, "block reconstruction after pruning (prune/search --reconstruct-epochs): each pruned block's kept "
+        f"weights trained to the dense block's output. Default: {DEFAULT_RECONSTRUCT_EPOCHS} for a model held in "
+        "memory (SmolLM2-135M Putri 0.5: 0.84x/0.77x the paper preset's whole-set perplexities, +6 min), 0 for a "
+        "streamed one (it runs a dense copy beside the pruned blocks)")
+    search: bool = option(False, "Týr-style search of per-layer widths, started from Putri's greedy allocation "
+                          "(putri-export search; SmolLM2-135M 0.5: 0.79x/0.86x the paper preset's whole-set "
+                          "perplexities, one Putri prune + 47 min here)")
     formats: list[str] = option(["gguf", "onnx"], f"artifact formats ({', '.join(FORMATS)})")
     gguf_types: list[str] = option(["q8_0"], f"GGUF types ({', '.join(ALL_GGUF_TYPES)}; the K-/i-quants with an "
                                    "importance matrix from the calibration set)")
@@ -77,7 +84,7 @@ class Recipe:
             raise PutriError(f"unknown ONNX quantization(s) {bad}: choose from {', '.join(QUANTIZATIONS)}")
         if self.eval_windows < 1 or self.verify_windows < 1 or self.seq_len < 16:
             raise PutriError("eval-windows and verify-windows must be >= 1 and seq-len >= 16")
-        if self.reconstruct_epochs < 0:
+        if self.reconstruct_epochs is not None and self.reconstruct_epochs < 0:
             raise PutriError(f"reconstruct-epochs must be >= 0, got {self.reconstruct_epochs}")
         if self.recover:
             from ..recover import RecoverSettings
@@ -89,6 +96,12 @@ class Recipe:
             self.recover_settings().check()
         if self.bench and (self.bench_repeats < 1 or any(d < 0 for d in self.bench_depths) or not self.bench_depths):
             raise PutriError("bench needs repeats >= 1 and non-negative depths")
+
+    def reconstruction_epochs(self, streamed: bool) -> int:
+        """The epochs of block reconstruction this run uses: as given, else the default (none when streamed)."""
+        if self.reconstruct_epochs is not None:
+            return self.reconstruct_epochs
+        return 0 if streamed else DEFAULT_RECONSTRUCT_EPOCHS
 
     def recover_settings(self):
         from ..recover import RecoverSettings

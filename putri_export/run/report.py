@@ -52,11 +52,17 @@ def write_report(report: dict, folder: Path) -> None:
 def _summary(report: dict) -> list[str]:
     r, p = report["recipe"], report["prune"]
     return [f"# putri-export run: {r['model']} at block sparsity {r['sparsity']}", "",
-            f"Method {p['method']}; blocks {p['params_blocks']:,} / {p['dense_params_blocks']:,} parameters "
-            f"(achieved {p['sparsity_blocks']:.4f}); whole model {p['params_total']:,} / {p['dense_params_total']:,} "
-            f"({p['sparsity_total']:.4f}). Pruning took {p['seconds']:.0f} s, peak RSS {p['peak_rss_mb']:.0f} MB, "
-            f"{p['threads']} threads. Calibration `{r['calib']}`, {r['calib_samples']} × {r['calib_len']} tokens.", "",
+            f"Method {p['method']}{_reconstruction(p)}; blocks {p['params_blocks']:,} / "
+            f"{p['dense_params_blocks']:,} parameters (achieved {p['sparsity_blocks']:.4f}); whole model "
+            f"{p['params_total']:,} / {p['dense_params_total']:,} ({p['sparsity_total']:.4f}). Pruning took "
+            f"{p['seconds']:.0f} s, peak RSS {p['peak_rss_mb']:.0f} MB, {p['threads']} threads. Calibration "
+            f"`{r['calib']}`, {r['calib_samples']} × {r['calib_len']} tokens.", "",
             *_recovery(p), "![per-layer widths](widths.png)", ""]
+
+
+def _reconstruction(prune: dict) -> str:
+    epochs = prune.get("reconstruct_epochs")
+    return f" + block reconstruction ({epochs} epoch{'s' * (epochs > 1)})" if epochs else ""
 
 
 def _recovery(prune: dict) -> list[str]:

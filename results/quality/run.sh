@@ -40,8 +40,15 @@ timed dense-fit-rec2-recover-bf16 $P recover "$W/dense-fit-rec2" --teacher smoll
 # attention against FFN (search defaults).
 timed search-greedy-trade $P search smollm2-135m --sparsity 0.5 --start "$W/putri" --threads $T \
   --out "$W/search-greedy-trade"
+# Block reconstruction of the paper preset and of the searched model, then the same bf16 recovery on the searched one
+# (the route measured best: search + reconstruction + recovery).
+reconstruct putri-rec2 putri wikitext2:valid,tinystories:train
+reconstruct search-rec2 search-greedy-trade wikitext2:valid,tinystories:train
+timed search-rec2-recover-bf16 $P recover "$W/search-rec2" --teacher smollm2-135m --out "$W/search-rec2-recover-bf16" \
+  --max-minutes 23.5 --lr 3e-4 --autocast bf16 --threads $T
 for m in smollm2-135m putri obs-rounds dense-target dense-fit raw-dense-fit dense-fit-rec2 raw-dense-fit-rec2 \
-    dense-fit-rec2-recover dense-fit-rec2-recover-bf16 search-greedy-trade; do
+    dense-fit-rec2-recover dense-fit-rec2-recover-bf16 search-greedy-trade putri-rec2 search-rec2 \
+    search-rec2-recover-bf16; do
   src=$W/$m; [ $m = smollm2-135m ] && src=$m
   for d in wikitext2 tinystories; do
     [ -f "$W/full-$m-$d.json" ] || $P eval "$src" --data $d --seq-len 512 --threads $T --json "$W/full-$m-$d.json" \

@@ -18,7 +18,10 @@ ROWS = [("putri", "paper preset (`--method putri`)"), ("obs-rounds", "+ 16 OBS r
         ("raw-dense-fit-rec2", "raw-text `putri-dense-fit` + block reconstruction (2 epochs, lr 1e-3)"),
         ("dense-fit-rec2-recover", "`putri-dense-fit` + reconstruction + `recover` (24 min)"),
         ("dense-fit-rec2-recover-bf16", "`putri-dense-fit` + reconstruction + `recover --autocast bf16` (23.5 min)"),
-        ("search-greedy-trade", "`search --start PUTRI` (paper preset's widths, trading attention and FFN, 64 × 512)")]
+        ("search-greedy-trade", "`search --start PUTRI` (paper preset's widths, trading attention and FFN, 64 × 512)"),
+        ("putri-rec2", "paper preset + block reconstruction (2 epochs, lr 1e-3)"),
+        ("search-rec2", "searched + block reconstruction (2 epochs, lr 1e-3)"),
+        ("search-rec2-recover-bf16", "searched + reconstruction + `recover --autocast bf16` (23.5 min)")]
 
 
 def seconds_and_rss(log: Path) -> tuple[str, str]:

@@ -24,6 +24,8 @@ def test_run_writes_verified_artifacts_and_a_report(stories_dir, tmp_path):
     assert all(a["parity"]["passed"] for a in report["artifacts"])
     assert all((out / a["path"]).exists() for a in report["artifacts"])
     assert abs(report["prune"]["sparsity_blocks"] - 0.5) < 0.02
+    assert report["prune"]["reconstruct_epochs"] == 2  # run's default route: the paper preset + reconstruction
+    assert len(json.loads((out / "model" / "pruning_report.json").read_text())["details"]["reconstruction"]) == 5
     # every artifact's perplexity equals its PyTorch model's (f32 paths) on the same windows
     quality = {(q["artifact"], q["which"]): q for q in report["quality"]}
     for which in ("dense", "pruned"):
@@ -33,8 +35,9 @@ def test_run_writes_verified_artifacts_and_a_report(stories_dir, tmp_path):
     assert quality[("torch fp32", "pruned")]["tinystories"] > quality[("torch fp32", "dense")]["tinystories"]
     assert set(report["bench"]) == {"torch-fp32", "gguf-f32", "onnx-none"}
     md = (out / "report.md").read_text()
-    for needle in ("## Quality", "## Speed and memory", "bytes-ratio limit",
-                   "putri-export serve artifacts/pruned-f32.gguf", "d = 'artifacts/pruned-onnx-none'"):
+    for needle in ("Method putri + block reconstruction (2 epochs)", "## Quality", "## Speed and memory",
+                   "bytes-ratio limit", "putri-export serve artifacts/pruned-f32.gguf",
+                   "d = 'artifacts/pruned-onnx-none'"):
         assert needle in md
     # the report's ONNX Runtime snippet runs as written, from the run folder, and decodes what the model does
     snippet = md.split("ONNX Runtime alone")[1].split("```python\n")[1].split("```")[0]
@@ -124,6 +127,13 @@ def test_interrupted_run_leaves_no_output_and_resumes_without_redoing_steps(stor
         (tmp_path / ".run.running").mkdir()
         (tmp_path / ".run.running" / "run_state.json").write_text(json.dumps({"key": "x", "progress": {}}))
         run_pipeline(recipe, out, overwrite=True, resume=True)
+
+
+def test_run_reconstructs_by_default_unless_streamed_or_told():
+    assert Recipe().reconstruction_epochs(streamed=False) == 2
+    assert Recipe().reconstruction_epochs(streamed=True) == 0  # a streamed model holds no dense copy
+    assert Recipe(reconstruct_epochs=0).reconstruction_epochs(streamed=False) == 0
+    assert Recipe(reconstruct_epochs=3).reconstruction_epochs(streamed=True) == 3  # told: prune says if it cannot
 
 
 def test_run_search_starts_from_the_greedy_allocation_and_reconstructs(stories_dir, tmp_path):
