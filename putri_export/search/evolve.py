@@ -134,7 +134,8 @@ def search(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings
         first = start_config(subs, given, target_kept, settings.align)
     limit = max(target_kept, kept_params(subs, first))  # a trade never keeps more than the start
     weights = model_fingerprint(model) if blocks is None else blocks.fingerprint()
-    searched_by = {k: v for k, v in asdict(settings).items() if not k.startswith("reconstruct")}  # after the search
+    # reconstruction runs after the search: another --reconstruct-epochs resumes the same search
+    searched_by = {k: v for k, v in asdict(settings).items() if not k.startswith("reconstruct")}
     store = ResumeStore(work_dir, fingerprint(searched_by, calib.provenance(), weights, first), resume,
                         what="search")
     iterations: list[dict] = store.get("iterations", [])

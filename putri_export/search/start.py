@@ -13,7 +13,7 @@ from ..model import PutriForCausalLM, Widths
 from ..model.blocks import BlockStore
 from ..model.checkpoint import PRUNING_REPORTS
 from ..resume import ResumeStore, fingerprint, model_fingerprint
-from .settings import SearchSettings
+from .settings import START_NAMES, SearchSettings
 
 
 def resolve_start(settings: SearchSettings, blocks: BlockStore | None) -> str:
@@ -35,8 +35,8 @@ def widths_from(start: str, dense: Widths) -> Widths:
         files = [path / n for n in ("widths.json", *PRUNING_REPORTS) if (path / n).is_file()]
         if not files:
             raise PutriError(f"--start {start}: the folder has no widths.json, pruning_report.json or "
-                             "search_report.json (accepted: 'auto', 'greedy', 'uniform', a pruned checkpoint folder "
-                             "or one of those files)")
+                             f"search_report.json (accepted: {', '.join(START_NAMES)}, a pruned checkpoint folder or "
+                             "one of those files)")
         path = files[0]
     return Widths.read(path, dense)
 
