@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
-from ..atomic import write_atomic
 from ..data import Calibration
 from ..errors import PutriError
 from ..model import PutriForCausalLM, Widths
@@ -45,21 +43,20 @@ def greedy_widths(model: PutriForCausalLM, calib: Calibration, settings: SearchS
                   resume: bool = False, progress: bool = True) -> Widths:
     """The widths the paper preset (``prune --method putri``) chooses at this sparsity, alignment and calibration:
     its greedy head allocation, found by pruning a copy of the model (``model`` is not modified). Kept in
-    ``folder`` (its prune resumes there; a finished one is not run again)."""
+    ``folder``: an interrupted prune resumes there, a finished one is not run again."""
     from ..prune import PruneSettings, prune_model
 
     prune_settings = PruneSettings(method="putri", sparsity=settings.sparsity, damping=settings.damping,
                                    batch_size=settings.batch_size, align=settings.align)
     key = fingerprint(prune_settings.__dict__, calib.provenance(), model_fingerprint(model))
     store = ResumeStore(folder, key, resume, what="greedy start")
-    dense = Widths.from_config(model.config)
-    done = Path(folder) / "widths.json"
-    if store.resumed and done.is_file():
-        return Widths.read(done, dense)
-    copied = copy.deepcopy(model)
-    report = prune_model(copied, calib, prune_settings, state_dir=Path(folder) / "prune", resume=resume,
-                         progress=progress)
-    del copied
-    write_atomic(done, json.dumps({"widths": report["widths"]}))
-    store.save(done=True)
-    return Widths.read(done, dense)
+    found = store.get("widths")
+    if found is None:
+        store.save()  # the key on disk first, so that a resumed run keeps the interrupted prune's state below
+        copied = copy.deepcopy(model)
+        found = prune_model(copied, calib, prune_settings, state_dir=Path(folder) / "prune", resume=resume,
+                            progress=progress)["widths"]
+        del copied
+        store.save(widths=found)
+    return Widths.from_config(model.config).with_kv_and_ffn([w["kv_heads"] for w in found],
+                                                            [w["ffn"] for w in found])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -229,6 +230,31 @@ def test_a_finished_greedy_start_is_not_pruned_again_on_resume(stories_dir, cali
     assert greedy_widths(model, calib, TINY, tmp_path / "greedy", resume=True).to_json() == first.to_json()
     with pytest.raises(AssertionError, match="ran again"):  # without --resume it starts over
         greedy_widths(model, calib, TINY, tmp_path / "greedy", progress=False)
+
+
+def test_an_interrupted_greedy_start_resumes_its_prune(stories_dir, calib, tmp_path, monkeypatch):
+    import putri_export.prune as prune_package
+
+    model = fresh_stories(stories_dir)
+    real_prune = prune_package.prune_model
+
+    def interrupted(model, calib, settings, state_dir, **kwargs):
+        Path(state_dir).mkdir(parents=True)
+        (Path(state_dir) / "progress").write_text("kept")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prune_package, "prune_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        greedy_widths(model, calib, TINY, tmp_path / "greedy", progress=False)
+    seen = []
+
+    def resumed(model, calib, settings, state_dir, **kwargs):
+        seen.append((Path(state_dir) / "progress").is_file())
+        return real_prune(model, calib, settings, **kwargs)
+
+    monkeypatch.setattr(prune_package, "prune_model", resumed)
+    greedy_widths(model, calib, TINY, tmp_path / "greedy", resume=True, progress=False)
+    assert seen == [True]  # the interrupted prune's state was still there for it
 
 
 def test_auto_start_is_greedy_in_memory_and_uniform_streamed():
