@@ -3,6 +3,10 @@
     python tools/prune_quality.py                       # the full table on SmolLM2-135M
     python tools/prune_quality.py --refit-study 0.5     # Putri with vs without o_proj refit (held-out text)
 
+Methods are the pruning methods plus `run-default`: what `putri-export run` prunes with by default (the paper's
+Putri, FFN widths aligned as run aligns them, then block reconstruction), so the table shows the default route
+beside the paper preset (`putri`, prune's default) and the baselines.
+
 Each (method, sparsity) cell is pruned from the dense model with the same calibration, evaluated on
 WikiText-2 raw test and TinyStories validation, and saved under OUT/cells/ as soon as it is done,
 so an interrupted run continues where it stopped. Then OUT/table.md, table.csv and
@@ -34,13 +38,28 @@ from putri_export.prune.methods.putri import prune_ffns
 from putri_export.prune.stages import attention_stage, masked_groups, remove_head_groups
 from putri_export.prune.stream import BlockRunner
 from putri_export.resume import ResumeStore
+from putri_export.run import Recipe
 
 EVAL = {"wikitext2": "wikitext2:test", "tinystories": "tinystories:validation"}
+RUN_DEFAULT = "run-default"
+CELL_METHODS = [*METHODS, RUN_DEFAULT]
 
 
 def _settings(args, method: str, sparsity: float) -> PruneSettings:
-    return PruneSettings(method=method, sparsity=sparsity, o_refit=not args.no_o_refit, attn_samples=args.attn_samples,
-                         attn_len=args.attn_len)
+    common = {"sparsity": sparsity, "o_refit": not args.no_o_refit, "attn_samples": args.attn_samples,
+              "attn_len": args.attn_len}
+    if method == RUN_DEFAULT:
+        # Taken from run's own recipe so the cell follows run's defaults if they change.
+        recipe = Recipe(model=args.model, sparsity=sparsity)
+        return PruneSettings(method=recipe.method, align=recipe.align,
+                             reconstruct_epochs=recipe.reconstruction_epochs(streamed=False), **common)
+    return PruneSettings(method=method, **common)
+
+
+def _describe_run_default(args) -> str:
+    s = _settings(args, RUN_DEFAULT, 0.5)
+    return (f"{s.method} with FFN widths aligned to multiples of {s.align}, then {s.reconstruct_epochs} epochs of "
+            f"block reconstruction at lr {s.reconstruct_lr:g} (its time is in the pruning time)")
 
 
 def _evaluate(model, eval_ids: dict, args) -> dict:
@@ -64,10 +83,17 @@ def run_cells(args, eval_ids: dict, cells: Path) -> None:
         record = {"method": method, "sparsity_target": sparsity}
         if method != "dense":
             calib = load_calibration(tokenizer, args.calib, args.calib_samples, args.calib_len)
-            report = prune_model(model, calib, _settings(args, method, sparsity),
+            settings = _settings(args, method, sparsity)
+            report = prune_model(model, calib, settings,
                                  state_dir=args.out / "state" / path.stem, resume=True, dense_cache=dense_cache)
             record.update({k: report[k] for k in ("sparsity_blocks", "sparsity_total", "params_blocks",
                                                   "params_total", "prune_seconds", "widths")})
+            record["settings"] = {"method": settings.method, "align": settings.align,
+                                  "reconstruct_epochs": settings.reconstruct_epochs}
+            blocks = report["details"].get("reconstruction") or []
+            if blocks:
+                record["reconstruction_block_error"] = {
+                    k: sum(b[f"relative_error_{k}"] for b in blocks) / len(blocks) for k in ("before", "after")}
         else:
             record.update({"sparsity_blocks": 0.0, "sparsity_total": 0.0, "params_blocks": dense.blocks,
                            "params_total": dense.total, "prune_seconds": 0.0})
@@ -87,7 +113,7 @@ def write_table(args, cells: Path, command: str) -> None:
     dense = next((r for r in records if r["method"] == "dense"), None)
     pruned = [r for r in records if r["method"] != "dense"]
     sparsities = sorted({r["sparsity_target"] for r in pruned})
-    methods = [m for m in METHODS if any(r["method"] == m for r in pruned)]
+    methods = [m for m in CELL_METHODS if any(r["method"] == m for r in pruned)]
     by = {(r["method"], r["sparsity_target"]): r for r in pruned}
 
     with open(args.out / "table.csv", "w", newline="") as f:
@@ -105,6 +131,7 @@ def write_table(args, cells: Path, command: str) -> None:
              f"Calibration: `{args.calib}`, {args.calib_samples} x {args.calib_len} tokens (first windows of each "
              f"corpus, split evenly); attention scored on {args.attn_samples} x {args.attn_len} tokens; "
              f"Putri o_proj refit {'off' if args.no_o_refit else 'on'}. "
+             f"`{RUN_DEFAULT}` = what `putri-export run` prunes with by default: {_describe_run_default(args)}. "
              f"Evaluation: WikiText-2 raw test and TinyStories validation, the first {args.eval_windows} "
              f"non-overlapping {args.seq_len}-token windows each. Sparsity = fraction of block parameters "
              "removed (target; achieved in the CSV).", ""]
@@ -189,7 +216,7 @@ def refit_study(args, sparsity: float) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=CELL_METHODS, choices=CELL_METHODS)
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.3, 0.7, 0.8, 0.4, 0.6, 0.2, 0.1])
     p.add_argument("--calib", default=DEFAULT_CALIBRATION)
     p.add_argument("--calib-samples", type=int, default=64)

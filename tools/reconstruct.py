@@ -20,8 +20,7 @@ from putri_export.data import DEFAULT_CALIBRATION, load_calibration
 from putri_export.model import load_model, save_checkpoint
 from putri_export.model.assets import resolve_model
 from putri_export.prune import PruneSettings
-from putri_export.prune.stages import reconstruct_blocks
-from putri_export.prune.stream import BlockRunner, DenseStream
+from putri_export.prune.stages import reconstruct_model
 
 
 def main() -> None:
@@ -44,8 +43,7 @@ def main() -> None:
     batch_size = PruneSettings().batch_size
     start = time.perf_counter()
     with torch.no_grad():
-        log = reconstruct_blocks(BlockRunner(model, batch_size), calib.ids, DenseStream(dense, calib.ids, batch_size),
-                                 args.epochs, args.lr)
+        log = reconstruct_model(model, dense, calib.ids, batch_size, args.epochs, args.lr)
     seconds = time.perf_counter() - start
     out = save_checkpoint(model, tokenizer, Path(args.out), source_dir=Path(args.pruned))
     report = {"pruned": args.pruned, "dense": args.dense, "epochs": args.epochs, "lr": args.lr,

@@ -22,7 +22,7 @@ from ..resume import ResumeStore, fingerprint, model_fingerprint
 from .context import PruneContext
 from .methods import METHODS
 from .settings import PUTRI_METHODS, PruneSettings
-from .stream import BlockRunner
+from .stream import BlockRunner, require_whole_model
 
 
 def prune_model(model: PutriForCausalLM, calib: Calibration, settings: PruneSettings,
@@ -48,10 +48,10 @@ def prune_model(model: PutriForCausalLM, calib: Calibration, settings: PruneSett
         raise PutriError(f"a streamed model is pruned one block at a time, which --method putri with --attn-scoring "
                          f"local does; {settings.method} with {scoring} scoring revisits blocks: use --streaming off "
                          "(the whole model in memory)")
-    if blocks is not None and (settings.preset("fit_target") == "dense" or settings.reconstruct_epochs):
-        raise PutriError("--fit-target dense (putri-dense-fit's default) and --reconstruct-epochs run a dense copy of "
-                         "the blocks beside the pruned ones, which a streamed model does not hold: use --streaming "
-                         "off, or --method putri")
+    if settings.preset("fit_target") == "dense":
+        require_whole_model(blocks, "--fit-target dense (putri-dense-fit's default)", "--method putri")
+    if settings.reconstruct_epochs:
+        require_whole_model(blocks, "--reconstruct-epochs", "no reconstruction")
     if blocks is not None and blocks.work is None:
         raise PutriError("a streamed model needs a work folder for its pruned blocks")
     weights = model_fingerprint(model) if blocks is None else blocks.fingerprint()

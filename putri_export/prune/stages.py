@@ -321,3 +321,10 @@ def reconstruct_blocks(runner: BlockRunner, ids: torch.Tensor, dense: DenseStrea
                     "relative_error_after": relative_block_error(runner, layer, x, y_dense)})
         x = runner.block(layer, x)
     return log
+
+
+def reconstruct_model(model: PutriForCausalLM, dense_model: PutriForCausalLM, ids: torch.Tensor, batch_size: int,
+                      epochs: int, lr: float, progress: bool = True) -> list[dict]:
+    """:func:`reconstruct_blocks` of a pruned model held whole in memory against a frozen dense copy."""
+    return reconstruct_blocks(BlockRunner(model, batch_size), ids, DenseStream(dense_model, ids, batch_size), epochs,
+                              lr, progress)

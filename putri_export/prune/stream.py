@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.masking_utils import create_causal_mask
 
+from ..errors import PutriError
 from ..finite import check_finite
 from ..model.blocks import BlockStore
 
@@ -200,6 +201,14 @@ def sequential(runner: BlockRunner, hidden: torch.Tensor, *, attention: Visitor 
             after_block(l, hidden, out)
         hidden = out
     return hidden
+
+
+def require_whole_model(blocks: BlockStore | None, what: str, instead: str) -> None:
+    """Refuse, in one wording, an option that keeps a second copy of the model beside the pruned one: streaming
+    exists so that not even one whole copy has to fit. ``instead``: what the user can do rather than that."""
+    if blocks is not None:
+        raise PutriError(f"{what} keeps a copy of the whole model beside the pruned one, which a streamed model does "
+                         f"not hold: use --streaming off (the model in memory), or {instead}")
 
 
 class DenseStream:

@@ -16,8 +16,8 @@ from ..data import Calibration
 from ..errors import PutriError
 from ..model import PutriForCausalLM, Widths, achieved, param_counts
 from ..model.blocks import BlockStore
-from ..prune.stages import reconstruct_blocks
-from ..prune.stream import BlockRunner, DenseStream
+from ..prune.stages import reconstruct_model
+from ..prune.stream import BlockRunner, require_whole_model
 from .evolve import SearchResult, search
 from .plots import plot_fitness, plot_widths
 from .settings import SearchSettings
@@ -67,9 +67,8 @@ def search_and_prune(model: PutriForCausalLM, calib: Calibration, settings: Sear
     ``save_streamed_checkpoint``); None: the model is held whole on its device."""
     if blocks is not None and blocks.work is None:
         raise PutriError("a streamed model needs a work folder for its pruned blocks")
-    if blocks is not None and settings.reconstruct_epochs:
-        raise PutriError("--reconstruct-epochs runs a dense copy of the blocks beside the pruned ones, which a "
-                         "streamed model does not hold: use --streaming off, or no reconstruction")
+    if settings.reconstruct_epochs:
+        require_whole_model(blocks, "--reconstruct-epochs", "no reconstruction")
     # block reconstruction fits the pruned blocks to the dense ones: a frozen copy, taken before any change
     dense_copy = copy.deepcopy(model) if settings.reconstruct_epochs else None
     start = time.perf_counter()
@@ -112,10 +111,9 @@ def search_and_prune(model: PutriForCausalLM, calib: Calibration, settings: Sear
                               "kl": result.fitness.model_kl(model, last), "tokens": last * calib.ids.shape[1]}
     if dense_copy is not None:
         with torch.no_grad():
-            report["reconstruction"] = reconstruct_blocks(
-                BlockRunner(model, settings.batch_size), calib.ids,
-                DenseStream(dense_copy, calib.ids, settings.batch_size), settings.reconstruct_epochs,
-                settings.reconstruct_lr, progress)
+            report["reconstruction"] = reconstruct_model(model, dense_copy, calib.ids, settings.batch_size,
+                                                         settings.reconstruct_epochs, settings.reconstruct_lr,
+                                                         progress)
         del dense_copy
         if result is not None:
             report["final_kl"]["after_reconstruction"] = result.fitness.model_kl(model, last)

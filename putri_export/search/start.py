@@ -10,6 +10,7 @@ from ..errors import PutriError
 from ..model import PutriForCausalLM, Widths
 from ..model.blocks import BlockStore
 from ..model.checkpoint import PRUNING_REPORTS
+from ..prune.stream import require_whole_model
 from ..resume import ResumeStore, fingerprint, model_fingerprint
 from .settings import START_NAMES, SearchSettings
 
@@ -19,9 +20,9 @@ def resolve_start(settings: SearchSettings, blocks: BlockStore | None) -> str:
     pass prunes a copy of the whole model)."""
     if settings.start == "auto":
         return "uniform" if blocks is not None else "greedy"
-    if settings.start == "greedy" and blocks is not None:
-        raise PutriError("--start greedy prunes a copy of the whole model, which a streamed model does not hold: use "
-                         "--start uniform, or prune first (`putri-export prune`) and pass its folder to --start")
+    if settings.start == "greedy":
+        require_whole_model(blocks, "--start greedy", "--start uniform, or prune first (`putri-export prune`) and "
+                            "pass its folder to --start")
     return settings.start
 
 

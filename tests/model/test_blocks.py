@@ -124,6 +124,15 @@ def test_loss_scoring_and_other_methods_refuse_a_streamed_model(stories_dir, cal
         with pytest.raises(PutriError, match="--streaming off"):
             prune_model(model, calib, settings, progress=False, blocks=blocks)
 
+    # options that run a dense copy beside the pruned blocks: one wording, naming the option and what to do instead
+    for settings, option, instead in ((PruneSettings(sparsity=0.5, method="putri-dense-fit"), "--fit-target dense",
+                                       "--method putri"),
+                                      (PruneSettings(sparsity=0.5, reconstruct_epochs=2), "--reconstruct-epochs",
+                                       "no reconstruction")):
+        with pytest.raises(PutriError, match="a streamed model does not hold") as err:
+            prune_model(model, calib, settings, progress=False, blocks=blocks)
+        assert option in str(err.value) and instead in str(err.value) and "--streaming off" in str(err.value)
+
 
 def test_prune_cli_streams_in_bfloat16_and_writes_a_bfloat16_checkpoint(stories_dir, tmp_path, calib):
     out = tmp_path / "bf16"
