@@ -46,9 +46,13 @@ reconstruct putri-rec2 putri wikitext2:valid,tinystories:train
 reconstruct search-rec2 search-greedy-trade wikitext2:valid,tinystories:train
 timed search-rec2-recover-bf16 $P recover "$W/search-rec2" --teacher smollm2-135m --out "$W/search-rec2-recover-bf16" \
   --max-minutes 23.5 --lr 3e-4 --autocast bf16 --threads $T
+# The same recovery on a text mix without C4: half TinyStories (1/3 above), half WikiText-2 validation raw.
+timed search-rec2-recover-bf16-ts $P recover "$W/search-rec2" --teacher smollm2-135m \
+  --out "$W/search-rec2-recover-bf16-ts" --data tinystories:train-2mib,wikitext2:valid-raw --max-minutes 23.5 \
+  --lr 3e-4 --autocast bf16 --threads $T
 for m in smollm2-135m putri obs-rounds dense-target dense-fit raw-dense-fit dense-fit-rec2 raw-dense-fit-rec2 \
     dense-fit-rec2-recover dense-fit-rec2-recover-bf16 search-greedy-trade putri-rec2 search-rec2 \
-    search-rec2-recover-bf16; do
+    search-rec2-recover-bf16 search-rec2-recover-bf16-ts; do
   src=$W/$m; [ $m = smollm2-135m ] && src=$m
   for d in wikitext2 tinystories; do
     [ -f "$W/full-$m-$d.json" ] || $P eval "$src" --data $d --seq-len 512 --threads $T --json "$W/full-$m-$d.json" \

@@ -21,7 +21,8 @@ ROWS = [("putri", "paper preset (`--method putri`)"), ("obs-rounds", "+ 16 OBS r
         ("search-greedy-trade", "`search --start PUTRI` (paper preset's widths, trading attention and FFN, 64 × 512)"),
         ("putri-rec2", "paper preset + block reconstruction (2 epochs, lr 1e-3)"),
         ("search-rec2", "searched + block reconstruction (2 epochs, lr 1e-3)"),
-        ("search-rec2-recover-bf16", "searched + reconstruction + `recover --autocast bf16` (23.5 min)")]
+        ("search-rec2-recover-bf16", "searched + reconstruction + `recover --autocast bf16` (23.5 min)"),
+        ("search-rec2-recover-bf16-ts", "the same recovery on TinyStories + WikiText-2 valid only (no C4)")]
 
 
 def seconds_and_rss(log: Path) -> tuple[str, str]:
