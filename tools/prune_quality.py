@@ -35,7 +35,7 @@ from putri_export.prune import METHOD_NAMES as METHODS
 from putri_export.prune import PruneContext, PruneSettings, prune_model
 from putri_export.prune.budget import split_budget
 from putri_export.prune.methods.putri import prune_ffns
-from putri_export.prune.stages import attention_stage, masked_groups, remove_head_groups
+from putri_export.prune.stages import attention_stage, masked_groups, mean_block_errors, remove_head_groups
 from putri_export.prune.stream import BlockRunner
 from putri_export.resume import ResumeStore
 from putri_export.run import Recipe
@@ -90,10 +90,8 @@ def run_cells(args, eval_ids: dict, cells: Path) -> None:
                                                   "params_total", "prune_seconds", "widths")})
             record["settings"] = {"method": settings.method, "align": settings.align,
                                   "reconstruct_epochs": settings.reconstruct_epochs}
-            blocks = report["details"].get("reconstruction") or []
-            if blocks:
-                record["reconstruction_block_error"] = {
-                    k: sum(b[f"relative_error_{k}"] for b in blocks) / len(blocks) for k in ("before", "after")}
+            if report["details"].get("reconstruction"):
+                record["reconstruction_block_error"] = mean_block_errors(report["details"]["reconstruction"])
         else:
             record.update({"sparsity_blocks": 0.0, "sparsity_total": 0.0, "params_blocks": dense.blocks,
                            "params_total": dense.total, "prune_seconds": 0.0})

@@ -20,7 +20,7 @@ from putri_export.data import DEFAULT_CALIBRATION, load_calibration
 from putri_export.model import load_model, save_checkpoint
 from putri_export.model.assets import resolve_model
 from putri_export.prune import PruneSettings
-from putri_export.prune.stages import reconstruct_model
+from putri_export.prune.stages import mean_block_errors, reconstruct_model
 
 
 def main() -> None:
@@ -50,9 +50,9 @@ def main() -> None:
               "calibration": calib.provenance(), "seconds": seconds,
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "blocks": log}
     (Path(out) / "reconstruction_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    error = mean_block_errors(log)
     print(f"{out}: {args.epochs} epochs in {seconds:.0f} s; relative block error "
-          f"{sum(e['relative_error_before'] for e in log) / len(log):.4f} -> "
-          f"{sum(e['relative_error_after'] for e in log) / len(log):.4f} (mean over blocks)")
+          f"{error['before']:.4f} -> {error['after']:.4f} (mean over blocks)")
 
 
 if __name__ == "__main__":

@@ -323,6 +323,11 @@ def reconstruct_blocks(runner: BlockRunner, ids: torch.Tensor, dense: DenseStrea
     return log
 
 
+def mean_block_errors(log: list[dict]) -> dict[str, float]:
+    """The mean over blocks of a :func:`reconstruct_blocks` log's relative errors, before and after."""
+    return {k: sum(e[f"relative_error_{k}"] for e in log) / len(log) for k in ("before", "after")}
+
+
 def reconstruct_model(model: PutriForCausalLM, dense_model: PutriForCausalLM, ids: torch.Tensor, batch_size: int,
                       epochs: int, lr: float, progress: bool = True) -> list[dict]:
     """:func:`reconstruct_blocks` of a pruned model held whole in memory against a frozen dense copy."""
