@@ -55,7 +55,8 @@ def _add_pruning_io(p: argparse.ArgumentParser, resume_help: str) -> None:
 
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--calib", default=DEFAULT_CALIBRATION,
-                   help="calibration data (comma-separated specs, split evenly); never evaluate on it")
+                   help="calibration data (comma-separated specs, split evenly; SPEC*N takes N shares); never "
+                   "evaluate on it")
     p.add_argument("--calib-samples", type=int, default=64, help="calibration windows N")
     p.add_argument("--calib-len", type=int, default=512, help="tokens per calibration window T")
     p.add_argument("--out", required=True, help="output checkpoint folder")

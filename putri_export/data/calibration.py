@@ -46,21 +46,51 @@ class Calibration:
         return {"samples": n, "seq_len": t, "tokens": n * t, "sources": [asdict(s) for s in self.sources]}
 
 
-def load_calibration(tokenizer, specs: str | list[str], samples: int, seq_len: int) -> Calibration:
-    """The first ``samples`` non-overlapping ``seq_len``-token windows, split evenly across corpora.
-
-    ``specs`` is one data spec or a comma-separated list (e.g. ``wikitext2:valid,tinystories:train``).
-    Windows are taken in order from the start of each corpus (no shuffling, as the reference), so
-    the tail of a calibration corpus stays unseen.
-    """
+def parse_weighted_specs(specs: str | list[str]) -> list[tuple[str, int]]:
+    """``[(spec, weight)]`` from ``a,b*2``: a spec may end in ``*N`` (a whole number >= 1) to take N shares of the
+    windows; the default is one share."""
     names = [s.strip() for s in (specs.split(",") if isinstance(specs, str) else specs) if s.strip()]
-    if not names:
+    parsed = []
+    for name in names:
+        base, star, weight = name.rpartition("*")
+        if not star:
+            parsed.append((name, 1))
+        elif weight.strip().isdigit() and int(weight) >= 1 and base.strip():
+            parsed.append((base.strip(), int(weight)))
+        else:
+            raise PutriError(f"data spec {name!r}: a share must be written SPEC*N with N a whole number >= 1 "
+                             "(e.g. tinystories:train-2mib*2,wikitext2:valid-raw); accepted: SPEC or SPEC*N")
+    return parsed
+
+
+def window_shares(samples: int, weights: list[int]) -> list[int]:
+    """``samples`` split in proportion to ``weights`` (largest remainder; ties to the earlier spec), summing to
+    ``samples``."""
+    total = sum(weights)
+    exact = [samples * w / total for w in weights]
+    shares = [int(x) for x in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda i: (shares[i] - exact[i], i))
+    for i in by_remainder[: samples - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+def load_calibration(tokenizer, specs: str | list[str], samples: int, seq_len: int) -> Calibration:
+    """The first ``samples`` non-overlapping ``seq_len``-token windows, split across corpora — evenly, or in
+    proportion to ``SPEC*N`` shares.
+
+    ``specs`` is one data spec or a comma-separated list (e.g. ``wikitext2:valid,tinystories:train`` or
+    ``tinystories:train-2mib*2,wikitext2:valid-raw``). Windows are taken in order from the start of each corpus
+    (no shuffling, as the reference), so the tail of a calibration corpus stays unseen.
+    """
+    weighted = parse_weighted_specs(specs)
+    if not weighted:
         raise PutriError("no calibration data given (--calib)")
     if samples < 1 or seq_len < 2:
         raise PutriError(f"calibration needs samples >= 1 and seq_len >= 2, got {samples} x {seq_len}")
-    shares = [samples // len(names) + (1 if i < samples % len(names) else 0) for i in range(len(names))]
+    shares = window_shares(samples, [w for _, w in weighted])
     chunks, sources = [], []
-    for name, share in zip(names, shares):
+    for (name, _), share in zip(weighted, shares):
         if share == 0:
             continue
         corpus = load_corpus(name)
@@ -69,7 +99,7 @@ def load_calibration(tokenizer, specs: str | list[str], samples: int, seq_len: i
         if have < share:
             raise PutriError(
                 f"calibration corpus {name!r} ({corpus.source}) has {ids.numel()} tokens: {have} windows of "
-                f"{seq_len}, but {share} are needed ({samples} samples over {len(names)} corpora); "
+                f"{seq_len}, but {share} of the {samples} windows are its share; "
                 f"lower --calib-samples or --calib-len, or give more text")
         chunks.append(ids[: share * seq_len].view(share, seq_len))
         sources.append(CalibrationSource(name, corpus.source, hashlib.sha256(corpus.text.encode()).hexdigest(),

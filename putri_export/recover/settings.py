@@ -16,8 +16,9 @@ AUTOCAST = ("auto", "none", "bf16")
 class RecoverSettings:
     """Every setting of ``putri-export recover``."""
 
-    data: str = option(DEFAULT_RECOVERY_DATA, "training text (comma-separated specs, windows taken evenly and "
-                       "interleaved); the evaluation splits (wikitext2:test, tinystories:validation) are refused")
+    data: str = option(DEFAULT_RECOVERY_DATA, "training text (comma-separated specs, windows taken evenly — SPEC*N "
+                       "takes N shares — and interleaved); the evaluation splits (wikitext2:test, "
+                       "tinystories:validation) are refused")
     windows: int = option(768, "training windows drawn from the data (each seen once per epoch)")
     seq_len: int = option(512, "tokens per training window")
     tokens: int = option(393_216, "training tokens in all (windows are revisited when this exceeds the data)")

@@ -43,7 +43,8 @@ class Recipe:
     onnx_quantize: list[str] = option(["none", "int8"], f"ONNX quantizations ({', '.join(QUANTIZATIONS)})")
     onnx_attention: str = option("gqa", "ONNX attention: gqa (GroupQueryAttention, KV cache written in place) or "
                                  "standard (portable ops, cache concatenated)", choices=ONNX_ATTENTIONS)
-    calib: str = option(DEFAULT_CALIBRATION, "calibration data (comma-separated specs, split evenly)")
+    calib: str = option(DEFAULT_CALIBRATION, "calibration data (comma-separated specs, split evenly; SPEC*N "
+                        "takes N shares)")
     calib_samples: int = option(64, "calibration windows")
     calib_len: int = option(512, "tokens per calibration window")
     search_options: dict = option({}, "SearchSettings fields for --search (recipe file only)")
