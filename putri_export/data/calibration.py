@@ -99,7 +99,7 @@ def load_calibration(tokenizer, specs: str | list[str], samples: int, seq_len: i
         if have < share:
             raise PutriError(
                 f"calibration corpus {name!r} ({corpus.source}) has {ids.numel()} tokens: {have} windows of "
-                f"{seq_len}, but {share} of the {samples} windows are its share; "
+                f"{seq_len}, but {share} are needed (its share of {samples} samples); "
                 f"lower --calib-samples or --calib-len, or give more text")
         chunks.append(ids[: share * seq_len].view(share, seq_len))
         sources.append(CalibrationSource(name, corpus.source, hashlib.sha256(corpus.text.encode()).hexdigest(),
