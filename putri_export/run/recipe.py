@@ -49,8 +49,8 @@ class Recipe:
     calib_len: int = option(512, "tokens per calibration window")
     search_options: dict = option({}, "SearchSettings fields for --search (recipe file only)")
     recover: bool = option(False, "after pruning, distil the dense model into the pruned one (putri-export "
-                           "recover; same widths) before anything is exported. SmolLM2-135M putri-dense-fit 0.5 + "
-                           "reconstruction + 23 min of recovery: 0.53x/0.56x the paper preset's perplexities")
+                           "recover; same widths) before anything is exported. SmolLM2-135M searched at 0.5 + "
+                           "reconstruction + 23.5 min of bf16 recovery: 0.45x/0.52x the paper preset's perplexities")
     recover_minutes: float = option(20.0, "wall-time bound of --recover (teacher passes included)")
     recover_options: dict = option({}, "RecoverSettings fields for --recover (recipe file only)")
     align: int = option(32, "kept FFN widths in multiples of N, the target still met. 32 (default): every "

@@ -50,9 +50,13 @@ timed search-rec2-recover-bf16 $P recover "$W/search-rec2" --teacher smollm2-135
 timed search-rec2-recover-bf16-ts $P recover "$W/search-rec2" --teacher smollm2-135m \
   --out "$W/search-rec2-recover-bf16-ts" --data tinystories:train-2mib,wikitext2:valid-raw --max-minutes 23.5 \
   --lr 3e-4 --autocast bf16 --threads $T
+# Two thirds TinyStories (SPEC*N shares: 517 + 259 windows), one third WikiText-2 validation raw.
+timed search-rec2-recover-bf16-ts2 $P recover "$W/search-rec2" --teacher smollm2-135m \
+  --out "$W/search-rec2-recover-bf16-ts2" --data 'tinystories:train-2mib*2,wikitext2:valid-raw' --max-minutes 23.5 \
+  --lr 3e-4 --autocast bf16 --threads $T
 for m in smollm2-135m putri obs-rounds dense-target dense-fit raw-dense-fit dense-fit-rec2 raw-dense-fit-rec2 \
     dense-fit-rec2-recover dense-fit-rec2-recover-bf16 search-greedy-trade putri-rec2 search-rec2 \
-    search-rec2-recover-bf16 search-rec2-recover-bf16-ts; do
+    search-rec2-recover-bf16 search-rec2-recover-bf16-ts search-rec2-recover-bf16-ts2; do
   src=$W/$m; [ $m = smollm2-135m ] && src=$m
   for d in wikitext2 tinystories; do
     [ -f "$W/full-$m-$d.json" ] || $P eval "$src" --data $d --seq-len 512 --threads $T --json "$W/full-$m-$d.json" \
