@@ -136,6 +136,19 @@ CASES = {
     "empty calibration file": Case(lambda work, s: ["prune", str(s), "--sparsity", "0.5", "--out", str(work / "out"),
                                                     "--calib",
                                                     str(_write(work, "calib.txt", b""))], ("calib.txt is empty",)),
+    "calibration share not a whole number": Case(
+        lambda work, s: ["prune", str(s), "--sparsity", "0.5", "--out", str(work / "out"), "--calib",
+                         "tinystories:train*0.5"], ("'tinystories:train*0.5'", "SPEC*N with N a whole number >= 1")),
+    "search calibration share of zero": Case(
+        lambda work, s: ["search", str(s), "--sparsity", "0.5", "--out", str(work / "out"), "--calib",
+                         "tinystories:train*0,wikitext2:valid"], ("'tinystories:train*0'", "accepted: SPEC or SPEC*N")),
+    "run calibration share without a spec": Case(
+        lambda work, s: ["run", str(s), "--sparsity", "0.5", "--out", str(work / "out"), "--calib", "*2"],
+        ("'*2'", "SPEC*N")),
+    "recovery text share not a number": Case(
+        lambda work, s: ["recover", str(s), "--teacher", str(s), "--out", str(work / "out"), "--data",
+                         "tinystories:train-2mib*x"],
+        ("'tinystories:train-2mib*x'", "SPEC*N")),
     # weights and activations that are not finite
     "NaN in a down_proj weight": Case(_stories_with(_poke(DOWN1, float("nan"))),
                                       (f"weight {DOWN1}, stored as F32 (torch.float32", "1 non-finite values (NaN)",

@@ -208,7 +208,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     import torch
 
     from ..compute import ComputeSettings
-    from ..data import load_calibration
+    from ..data import load_calibration, parse_weighted_specs
     from ..model.blocks import open_model, save_model
     from ..prune import PruneSettings, prune_model
 
@@ -218,6 +218,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise PutriError("give --sparsity S: the fraction of block parameters to remove, in [0, 1)")
     settings = PruneSettings(**given_options(args, PruneSettings))
     settings.check()
+    parse_weighted_specs(args.calib)  # a malformed share is refused before the model is read
     compute = ComputeSettings(**given_options(args, ComputeSettings))
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -289,7 +290,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     import torch
 
     from ..compute import ComputeSettings
-    from ..data import load_calibration
+    from ..data import load_calibration, parse_weighted_specs
     from ..model.blocks import open_model, save_model
     from ..search import SearchSettings, search_and_prune
 
@@ -300,6 +301,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     given = given_options(args, SearchSettings)
     settings = SearchSettings(**{"sparsity": 0.0, **given})
     settings.check(args.calib_samples)
+    parse_weighted_specs(args.calib)
     if args.widths is not None and not Path(args.widths).is_file():
         raise PutriError(f"widths file not found: {args.widths}")
     torch.manual_seed(settings.seed)

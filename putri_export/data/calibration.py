@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..errors import PutriError
-from .corpus import load_corpus
+from .corpus import load_corpus, parse_weighted_specs
 from .tokens import tokenize_corpus
 
 
@@ -44,23 +44,6 @@ class Calibration:
     def provenance(self) -> dict:
         n, t = self.ids.shape
         return {"samples": n, "seq_len": t, "tokens": n * t, "sources": [asdict(s) for s in self.sources]}
-
-
-def parse_weighted_specs(specs: str | list[str]) -> list[tuple[str, int]]:
-    """``[(spec, weight)]`` from ``a,b*2``: a spec may end in ``*N`` (a whole number >= 1) to take N shares of the
-    windows; the default is one share."""
-    names = [s.strip() for s in (specs.split(",") if isinstance(specs, str) else specs) if s.strip()]
-    parsed = []
-    for name in names:
-        base, star, weight = name.rpartition("*")
-        if not star:
-            parsed.append((name, 1))
-        elif weight.strip().isdigit() and int(weight) >= 1 and base.strip():
-            parsed.append((base.strip(), int(weight)))
-        else:
-            raise PutriError(f"data spec {name!r}: a share must be written SPEC*N with N a whole number >= 1 "
-                             "(e.g. tinystories:train-2mib*2,wikitext2:valid-raw); accepted: SPEC or SPEC*N")
-    return parsed
 
 
 def window_shares(samples: int, weights: list[int]) -> list[int]:

@@ -96,6 +96,23 @@ def load_corpus(spec: str, text_column: str = "text") -> Corpus:
     return _load_hub(spec, name, split or "train", None, text_column, builtin_hint=True)
 
 
+def parse_weighted_specs(specs: str | list[str]) -> list[tuple[str, int]]:
+    """``[(spec, weight)]`` from ``a,b*2``: a spec may end in ``*N`` (a whole number >= 1) to take N shares of the
+    windows; the default is one share."""
+    names = [s.strip() for s in (specs.split(",") if isinstance(specs, str) else specs) if s.strip()]
+    parsed = []
+    for name in names:
+        base, star, weight = name.rpartition("*")
+        if not star:
+            parsed.append((name, 1))
+        elif weight.strip().isdigit() and int(weight) >= 1 and base.strip():
+            parsed.append((base.strip(), int(weight)))
+        else:
+            raise PutriError(f"data spec {name!r}: a share must be written SPEC*N with N a whole number >= 1 "
+                             "(e.g. tinystories:train-2mib*2,wikitext2:valid-raw); accepted: SPEC or SPEC*N")
+    return parsed
+
+
 def is_evaluation_source(source: str) -> bool:
     """Whether a corpus's ``source`` (the file or hub split it was read from) is an evaluation split, whether it was
     asked for by built-in name or by path."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..data import parse_weighted_specs
 from ..errors import PutriError
 from ..options import option
 
@@ -58,6 +59,7 @@ class RecoverSettings:
             raise PutriError(f"autocast must be one of {', '.join(AUTOCAST)}, got {self.autocast!r}")
         if self.eval_windows < 0:
             raise PutriError(f"eval-windows must be >= 0, got {self.eval_windows}")
+        parse_weighted_specs(self.data)
 
     def resolved_autocast(self, device) -> str:
         """``none`` or ``bf16``: what ``autocast`` means on ``device``."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..compute import DTYPES
-from ..data import DEFAULT_CALIBRATION
+from ..data import DEFAULT_CALIBRATION, parse_weighted_specs
 from ..errors import PutriError
 from ..export import FORMATS, QUANTIZATIONS
 from ..export.formats import ALL_GGUF_TYPES, ONNX_ATTENTIONS
@@ -85,6 +85,7 @@ class Recipe:
             raise PutriError(f"unknown ONNX quantization(s) {bad}: choose from {', '.join(QUANTIZATIONS)}")
         if self.eval_windows < 1 or self.verify_windows < 1 or self.seq_len < 16:
             raise PutriError("eval-windows and verify-windows must be >= 1 and seq-len >= 16")
+        parse_weighted_specs(self.calib)
         if self.reconstruct_epochs is not None and self.reconstruct_epochs < 0:
             raise PutriError(f"reconstruct-epochs must be >= 0, got {self.reconstruct_epochs}")
         if self.recover:
