@@ -26,6 +26,7 @@ reconstruct() {  # NAME FROM CALIB
 prune putri --method putri
 prune obs-rounds --method putri --obs-rounds 16
 prune dense-target --method putri --fit-target dense
+prune dense-target-refit --method putri --fit-target dense --final-refit
 prune dense-fit --method putri-dense-fit
 prune raw-dense-fit --method putri-dense-fit --calib $RAW
 reconstruct dense-fit-rec2 dense-fit wikitext2:valid,tinystories:train
@@ -54,7 +55,7 @@ timed search-rec2-recover-bf16-ts $P recover "$W/search-rec2" --teacher smollm2-
 timed search-rec2-recover-bf16-ts2 $P recover "$W/search-rec2" --teacher smollm2-135m \
   --out "$W/search-rec2-recover-bf16-ts2" --data 'tinystories:train-2mib*2,wikitext2:valid-raw' --max-minutes 23.5 \
   --lr 3e-4 --autocast bf16 --threads $T
-for m in smollm2-135m putri obs-rounds dense-target dense-fit raw-dense-fit dense-fit-rec2 raw-dense-fit-rec2 \
+for m in smollm2-135m putri obs-rounds dense-target dense-target-refit dense-fit raw-dense-fit dense-fit-rec2 raw-dense-fit-rec2 \
     dense-fit-rec2-recover dense-fit-rec2-recover-bf16 search-greedy-trade putri-rec2 search-rec2 \
     search-rec2-recover-bf16 search-rec2-recover-bf16-ts search-rec2-recover-bf16-ts2; do
   src=$W/$m; [ $m = smollm2-135m ] && src=$m

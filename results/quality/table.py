@@ -12,6 +12,7 @@ from pathlib import Path
 
 ROWS = [("putri", "paper preset (`--method putri`)"), ("obs-rounds", "paper preset + 16 OBS rounds alone"),
         ("dense-target", "paper preset + dense-target least squares alone"),
+        ("dense-target-refit", "paper preset + dense-target least squares + final FFN refit"),
         ("dense-fit", "`putri-dense-fit` (all closed-form changes)"),
         ("raw-dense-fit", "`putri-dense-fit`, raw-text calibration (`wikitext2:valid-raw,tinystories:train-2mib,c4`)"),
         ("dense-fit-rec2", "`putri-dense-fit` + block reconstruction (2 epochs, lr 1e-3)"),
