@@ -105,7 +105,7 @@ def parse_weighted_specs(specs: str | list[str]) -> list[tuple[str, int]]:
         base, star, weight = name.rpartition("*")
         if not star:
             parsed.append((name, 1))
-        elif weight.strip().isdigit() and int(weight) >= 1 and base.strip():
+        elif weight.strip().isdecimal() and int(weight) >= 1 and base.strip():
             parsed.append((base.strip(), int(weight)))
         else:
             raise PutriError(f"data spec {name!r}: a share must be written SPEC*N with N a whole number >= 1 "

@@ -55,8 +55,8 @@ timed search-rec2-recover-bf16-ts $P recover "$W/search-rec2" --teacher smollm2-
 timed search-rec2-recover-bf16-ts2 $P recover "$W/search-rec2" --teacher smollm2-135m \
   --out "$W/search-rec2-recover-bf16-ts2" --data 'tinystories:train-2mib*2,wikitext2:valid-raw' --max-minutes 23.5 \
   --lr 3e-4 --autocast bf16 --threads $T
-for m in smollm2-135m putri obs-rounds dense-target dense-target-refit dense-fit raw-dense-fit dense-fit-rec2 raw-dense-fit-rec2 \
-    dense-fit-rec2-recover dense-fit-rec2-recover-bf16 search-greedy-trade putri-rec2 search-rec2 \
+for m in smollm2-135m putri obs-rounds dense-target dense-target-refit dense-fit raw-dense-fit dense-fit-rec2 \
+    raw-dense-fit-rec2 dense-fit-rec2-recover dense-fit-rec2-recover-bf16 search-greedy-trade putri-rec2 search-rec2 \
     search-rec2-recover-bf16 search-rec2-recover-bf16-ts search-rec2-recover-bf16-ts2; do
   src=$W/$m; [ $m = smollm2-135m ] && src=$m
   for d in wikitext2 tinystories; do

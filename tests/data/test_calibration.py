@@ -30,6 +30,6 @@ def test_shares_split_windows_in_proportion_and_a_bad_share_is_refused(stories):
     assert torch.equal(load_calibration(stories[1], "tinystories:train*1,wikitext2:valid*1", 16, 64).ids, even.ids)
     assert torch.equal(calib.ids[:8], even.ids[:8]) and torch.equal(calib.ids[11:], even.ids[8:13])
     assert window_shares(7, [1, 1, 1]) == [3, 2, 2] and window_shares(10, [3, 1]) == [8, 2]
-    for bad in ("tinystories:train*0", "tinystories:train*x", "*2", "tinystories:train*1.5"):
+    for bad in ("tinystories:train*0", "tinystories:train*x", "*2", "tinystories:train*1.5", "tinystories:train*²"):
         with pytest.raises(PutriError, match="SPEC\\*N with N a whole number"):
             load_calibration(stories[1], bad, 16, 64)
