@@ -145,6 +145,12 @@ CASES = {
     "run calibration share without a spec": Case(
         lambda work, s: ["run", str(s), "--sparsity", "0.5", "--out", str(work / "out"), "--calib", "*2"],
         ("'*2'", "SPEC*N")),
+    "reconstruction text without a reconstruction": Case(
+        lambda work, s: ["search", str(s), "--sparsity", "0.5", "--out", str(work / "out"), "--reconstruct-calib",
+                         "tinystories:train-2mib"], ("--reconstruct-calib", "give --reconstruct-epochs N")),
+    "reconstruction on a method without one": Case(
+        lambda work, s: ["prune", str(s), "--sparsity", "0.5", "--out", str(work / "out"), "--method", "flap",
+                         "--reconstruct-epochs", "2"], ("a stage of the Putri methods", "flap has none")),
     "recovery text share not a number": Case(
         lambda work, s: ["recover", str(s), "--teacher", str(s), "--out", str(work / "out"), "--data",
                          "tinystories:train-2mib*x"],

@@ -1,6 +1,7 @@
 """Block reconstruction (``prune --reconstruct-epochs``) applied to an already pruned checkpoint: the same function,
 run after the fact, so that an ablation need not prune again (a Putri prune of SmolLM2-135M takes 17-30 min here).
-Identical to pruning with the flag when the calibration set is the prune's.
+Identical to pruning with the flag when --calib/--calib-samples here are the prune's calibration, or its
+--reconstruct-calib/--reconstruct-samples.
 
     python tools/reconstruct.py PRUNED_DIR DENSE_MODEL OUT_DIR [--epochs 2] [--lr 1e-3] [--calib DATA]
         [--calib-samples 64] [--calib-len 512] [--threads N]

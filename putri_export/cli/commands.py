@@ -204,6 +204,14 @@ def _interrupted(out: Path, kept: Path, what: str) -> int:
     return 130
 
 
+def _reconstruction_calibration(tokenizer, settings, args: argparse.Namespace):
+    """The text block reconstruction trains on, loaded, where prune/search name one; None: the calibration."""
+    from ..prune.settings import load_reconstruction_text
+
+    return load_reconstruction_text(tokenizer, settings.reconstruct_calib, settings.reconstruct_samples, args.calib,
+                                    args.calib_samples, args.calib_len)
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     import torch
 
@@ -226,8 +234,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     model, tokenizer, source, blocks = open_model(args.model, compute, work=state_dir.with_name(state_dir.name +
                                                                                                 ".blocks"))
     calib = load_calibration(tokenizer, args.calib, args.calib_samples, args.calib_len)
+    reconstruct_calib = _reconstruction_calibration(tokenizer, settings, args)
     try:
-        report = prune_model(model, calib, settings, state_dir=state_dir, resume=args.resume, blocks=blocks)
+        report = prune_model(model, calib, settings, state_dir=state_dir, resume=args.resume, blocks=blocks,
+                             reconstruct_calib=reconstruct_calib)
     except KeyboardInterrupt:
         return _interrupted(out, state_dir, "Progress is")
     report["source_model"] = str(args.model)
@@ -314,9 +324,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     model, tokenizer, source, blocks = open_model(args.model, compute, work=work_dir.with_name(work_dir.name +
                                                                                               ".blocks"))
     calib = load_calibration(tokenizer, args.calib, args.calib_samples, args.calib_len)
+    reconstruct_calib = _reconstruction_calibration(tokenizer, settings, args)
     try:
         report, plots = search_and_prune(model, calib, settings, work_dir, resume=args.resume,
-                                         widths_file=Path(args.widths) if args.widths else None, blocks=blocks)
+                                         widths_file=Path(args.widths) if args.widths else None, blocks=blocks,
+                                         reconstruct_calib=reconstruct_calib)
     except KeyboardInterrupt:
         return _interrupted(out, work_dir, "Finished iterations are")
     report["source_model"] = str(args.model)

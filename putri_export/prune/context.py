@@ -27,6 +27,7 @@ class PruneContext:
     progress: bool = True
     dense_cache: dict | None = None
     attn_scoring: str = "loss"  # the scoring settings.attn_scoring resolved to on this run (Putri)
+    reconstruct_calib: Calibration | None = None  # block reconstruction's own text; None: ``calib``
 
     def attention_slice(self) -> torch.Tensor:
         """The calibration slice that scores attention removals: ``attn_samples`` windows spread over the set,

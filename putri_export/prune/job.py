@@ -21,13 +21,14 @@ from ..model.blocks import BlockStore
 from ..resume import ResumeStore, fingerprint, model_fingerprint
 from .context import PruneContext
 from .methods import METHODS
-from .settings import PUTRI_METHODS, PruneSettings
+from .settings import PUTRI_METHODS, PruneSettings, require_loaded_text
 from .stream import BlockRunner, require_whole_model
 
 
 def prune_model(model: PutriForCausalLM, calib: Calibration, settings: PruneSettings,
                 state_dir: Path | None = None, resume: bool = False, progress: bool = True,
-                dense_cache: dict | None = None, blocks: BlockStore | None = None) -> dict:
+                dense_cache: dict | None = None, blocks: BlockStore | None = None,
+                reconstruct_calib: Calibration | None = None) -> dict:
     """Prune ``model`` in place and return the report.
 
     ``blocks``: the block store of a streamed model (``model.blocks.open_model``); its blocks are read, pruned and
@@ -35,6 +36,8 @@ def prune_model(model: PutriForCausalLM, calib: Calibration, settings: PruneSett
     ``save_streamed_checkpoint``. None: the model is held whole on its device.
 
     ``state_dir``: where progress is kept (resumable with ``resume=True``; removed when the job finishes).
+    ``reconstruct_calib``: the text block reconstruction trains on (``settings.reconstruct_calib`` and
+    ``reconstruct_samples`` loaded by :func:`~.settings.load_reconstruction_text`); None: ``calib``.
     ``dense_cache``: a dict the caller passes again when pruning *the same dense model with the same
     calibration* at other settings; statistics that depend only on the dense model (2SSP activation
     norms, ShortGPT block influence, FLAP fluctuations) are measured once and reused.
@@ -55,7 +58,9 @@ def prune_model(model: PutriForCausalLM, calib: Calibration, settings: PruneSett
     if blocks is not None and blocks.work is None:
         raise PutriError("a streamed model needs a work folder for its pruned blocks")
     weights = model_fingerprint(model) if blocks is None else blocks.fingerprint()
-    key = fingerprint(asdict(settings), calib.provenance(), weights, model.model.embed_tokens.weight.dtype)
+    require_loaded_text(settings.reconstruct_calib, settings.reconstruct_samples, reconstruct_calib)
+    recon = reconstruct_calib.provenance() if reconstruct_calib is not None else None
+    key = fingerprint(asdict(settings), calib.provenance(), recon, weights, model.model.embed_tokens.weight.dtype)
     store = ResumeStore(state_dir, key, resume, what="pruning run")
     resumed = store.resumed
     if blocks is not None and not resumed:
@@ -63,7 +68,7 @@ def prune_model(model: PutriForCausalLM, calib: Calibration, settings: PruneSett
     model.eval()
     reset_peak_device_memory(device)
     ctx = PruneContext(model, calib, settings, BlockRunner(model, settings.batch_size, blocks), store, progress,
-                       dense_cache, scoring)
+                       dense_cache, scoring, reconstruct_calib)
     with torch.no_grad():
         details = METHODS[settings.method](ctx)
     synchronize(device)
@@ -75,6 +80,7 @@ def prune_model(model: PutriForCausalLM, calib: Calibration, settings: PruneSett
         **achieved(model, dense.blocks, dense.total),
         "widths": Widths.from_config(model.config).to_json(),
         "calibration": calib.provenance(),
+        **({"reconstruction_calibration": recon} if recon is not None else {}),
         "resumed": resumed,
         "prune_seconds": time.perf_counter() - start,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..data import parse_weighted_specs
 from ..errors import PutriError
 from ..options import option
 
@@ -22,6 +23,43 @@ ATTN_SCORINGS = ("auto", "loss", "local")
 # auto scores attention locally on CPU from this many block parameters up (loss-based trials cost
 # rounds x candidates x remaining depth forward passes).
 LOCAL_SCORING_FROM_PARAMS = 500_000_000
+
+
+RECONSTRUCT_CALIB_HELP = ("text of block reconstruction (calibration specs, SPEC*N takes N shares; default: "
+                          "--calib). It learns from what it reads: SmolLM2-135M searched at 0.5, 2 epochs on 256 "
+                          "windows of wikitext2:valid-raw,tinystories:train-2mib instead of the 64 pruning windows: "
+                          "0.62x/0.65x the paper preset's whole-set perplexities instead of 0.73x/0.73x, 23 min "
+                          "instead of 6 (results/quality)")
+RECONSTRUCT_SAMPLES_HELP = "windows of block reconstruction (default: --calib-samples); its time grows with them"
+
+
+def check_reconstruction_text(epochs: int, calib: str | None, samples: int | None) -> None:
+    """The reconstruction's own text is refused where there is no reconstruction to read it, or is malformed."""
+    if (calib is not None or samples is not None) and epochs <= 0:
+        raise PutriError("--reconstruct-calib and --reconstruct-samples choose the text of block reconstruction: "
+                         "give --reconstruct-epochs N (N >= 1) too")
+    if samples is not None and samples < 1:
+        raise PutriError(f"reconstruct-samples must be >= 1, got {samples}")
+    if calib is not None:
+        parse_weighted_specs(calib)
+
+
+def load_reconstruction_text(tokenizer, calib: str | None, samples: int | None, default_calib: str,
+                             default_samples: int, seq_len: int):
+    """The windows block reconstruction trains on where a text or a window count is named for it (the other as the
+    pruning calibration's), loaded as a :class:`~putri_export.data.Calibration`; None: the pruning calibration."""
+    if calib is None and samples is None:
+        return None
+    from ..data import load_calibration
+
+    return load_calibration(tokenizer, calib or default_calib, samples or default_samples, seq_len)
+
+
+def require_loaded_text(calib: str | None, samples: int | None, loaded: object | None) -> None:
+    """A job whose settings name a reconstruction text must be given it loaded (it holds no tokenizer)."""
+    if (calib is not None or samples is not None) and loaded is None:
+        raise PutriError("the settings name a text for block reconstruction: pass it loaded as reconstruct_calib "
+                         "(load_reconstruction_text)")
 
 
 def check_sparsity(sparsity: float) -> None:
@@ -60,6 +98,8 @@ class PruneSettings:
     # SmolLM2-135M putri-dense-fit 0.5: 4 epochs at 1e-4 moved the mean block error 0.0224 -> 0.0220; 2 epochs at 1e-3
     # took the whole-set perplexities 1.07x/0.79x -> 0.95x/0.75x the paper preset's (results/quality)
     reconstruct_lr: float = option(1e-3, "Adam learning rate of block reconstruction")
+    reconstruct_calib: str | None = option(None, RECONSTRUCT_CALIB_HELP)
+    reconstruct_samples: int | None = option(None, RECONSTRUCT_SAMPLES_HELP)
     final_refit: bool | None = option(None, "after the heads are removed, refit each FFN's down_proj once more on "
                                       "the final pruned stream (default: the method's preset)")
     batch_size: int = option(8, "calibration samples per forward")
@@ -83,6 +123,10 @@ class PruneSettings:
             raise PutriError(f"align must be >= 1, got {self.align}")
         if self.reconstruct_epochs < 0 or self.reconstruct_lr <= 0:
             raise PutriError("reconstruct-epochs must be >= 0 and reconstruct-lr > 0")
+        if self.reconstruct_epochs and self.method not in PUTRI_METHODS:
+            raise PutriError(f"--reconstruct-epochs is a stage of the Putri methods ({', '.join(PUTRI_METHODS)}); "
+                             f"{self.method} has none")
+        check_reconstruction_text(self.reconstruct_epochs, self.reconstruct_calib, self.reconstruct_samples)
         if self.preset("obs_rounds") < 1:
             raise PutriError(f"obs-rounds must be >= 1, got {self.obs_rounds}")
         if self.fit_target not in (None, *FIT_TARGETS):

@@ -119,6 +119,7 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
     from ..data import load_calibration
     from ..model import Widths
     from ..model.blocks import open_model, save_model
+    from ..prune.settings import load_reconstruction_text
 
     _say(f"pruning {recipe.model} to block sparsity {recipe.sparsity}" + (" with search" if recipe.search else ""))
     # Pruning and the search stream when the model is large.
@@ -127,23 +128,26 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
     dense_widths = Widths.from_config(model.config)
     calib = load_calibration(tokenizer, recipe.calib, recipe.calib_samples, recipe.calib_len)
     epochs = recipe.reconstruction_epochs(streamed=blocks is not None)
+    reconstruct_calib = load_reconstruction_text(tokenizer, recipe.reconstruct_calib, recipe.reconstruct_samples,
+                                                 recipe.calib, recipe.calib_samples, recipe.calib_len)
+    reconstruction = {"reconstruct_epochs": epochs, "reconstruct_calib": recipe.reconstruct_calib,
+                      "reconstruct_samples": recipe.reconstruct_samples}
     if out.exists():
         shutil.rmtree(out)
     if recipe.search:
         from ..search import SearchSettings, search_and_prune
 
-        settings = SearchSettings(**{"sparsity": recipe.sparsity, "align": recipe.align,
-                                     "reconstruct_epochs": epochs, **recipe.search_options})
+        settings = SearchSettings(**{"sparsity": recipe.sparsity, "align": recipe.align, **reconstruction,
+                                     **recipe.search_options})
         report, plots = search_and_prune(model, calib, settings, out.parent / "search-work", resume=True,
-                                         blocks=blocks)
+                                         blocks=blocks, reconstruct_calib=reconstruct_calib)
         files = {"search_report.json": json.dumps(report, indent=2) + "\n", **plots}
     else:
         from ..prune import PruneSettings, prune_model
 
-        settings = PruneSettings(method=recipe.method, sparsity=recipe.sparsity, align=recipe.align,
-                                 reconstruct_epochs=epochs)
-        report = prune_model(model, calib, settings,
-                             state_dir=out.parent / "prune-state", resume=True, blocks=blocks)
+        settings = PruneSettings(method=recipe.method, sparsity=recipe.sparsity, align=recipe.align, **reconstruction)
+        report = prune_model(model, calib, settings, state_dir=out.parent / "prune-state", resume=True, blocks=blocks,
+                             reconstruct_calib=reconstruct_calib)
         files = {"pruning_report.json": json.dumps(report, indent=2) + "\n"}
     report["threads"] = torch.get_num_threads()
     save_model(model, tokenizer, dense_dir, blocks, out, extra_files=files)

@@ -13,7 +13,12 @@ from ..export import FORMATS, QUANTIZATIONS
 from ..export.formats import ALL_GGUF_TYPES, ONNX_ATTENTIONS
 from ..options import option
 from ..prune import check_sparsity
-from ..prune.settings import PUTRI_METHODS
+from ..prune.settings import (
+    PUTRI_METHODS,
+    RECONSTRUCT_CALIB_HELP,
+    RECONSTRUCT_SAMPLES_HELP,
+    check_reconstruction_text,
+)
 
 # run's default reconstruction (a model held in memory): the paper preset plus these epochs is run's default route
 DEFAULT_RECONSTRUCT_EPOCHS = 2
@@ -34,6 +39,8 @@ class Recipe:
         f"weights trained to the dense block's output. Default: {DEFAULT_RECONSTRUCT_EPOCHS} for a model held in "
         "memory (SmolLM2-135M Putri 0.5: 0.84x/0.77x the paper preset's whole-set perplexities, +6 min), 0 for a "
         "streamed one (it runs a dense copy beside the pruned blocks)")
+    reconstruct_calib: str | None = option(None, RECONSTRUCT_CALIB_HELP)
+    reconstruct_samples: int | None = option(None, RECONSTRUCT_SAMPLES_HELP)
     search: bool = option(False, "Týr-style search of per-layer widths, started from Putri's greedy allocation "
                           "(putri-export search; SmolLM2-135M 0.5: 0.79x/0.86x the paper preset's whole-set "
                           "perplexities, one Putri prune + 47 min here)")
@@ -88,6 +95,8 @@ class Recipe:
         parse_weighted_specs(self.calib)
         if self.reconstruct_epochs is not None and self.reconstruct_epochs < 0:
             raise PutriError(f"reconstruct-epochs must be >= 0, got {self.reconstruct_epochs}")
+        check_reconstruction_text(self.reconstruction_epochs(streamed=False), self.reconstruct_calib,
+                                  self.reconstruct_samples)
         if self.recover:
             from ..recover import RecoverSettings
 
@@ -100,10 +109,12 @@ class Recipe:
             raise PutriError("bench needs repeats >= 1 and non-negative depths")
 
     def reconstruction_epochs(self, streamed: bool) -> int:
-        """The epochs of block reconstruction this run uses: as given, else the default (none when streamed)."""
+        """The epochs of block reconstruction this run uses: as given, else the default (none when streamed, unless
+        a reconstruction text is named: then prune says why a streamed model cannot)."""
         if self.reconstruct_epochs is not None:
             return self.reconstruct_epochs
-        return 0 if streamed else DEFAULT_RECONSTRUCT_EPOCHS
+        named = self.reconstruct_calib is not None or self.reconstruct_samples is not None
+        return 0 if streamed and not named else DEFAULT_RECONSTRUCT_EPOCHS
 
     def recover_settings(self):
         from ..recover import RecoverSettings

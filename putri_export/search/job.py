@@ -16,6 +16,7 @@ from ..data import Calibration
 from ..errors import PutriError
 from ..model import PutriForCausalLM, Widths, achieved, param_counts
 from ..model.blocks import BlockStore
+from ..prune.settings import require_loaded_text
 from ..prune.stages import reconstruct_model
 from ..prune.stream import BlockRunner, require_whole_model
 from .evolve import SearchResult, search
@@ -60,8 +61,11 @@ def _load_assembled(runner: BlockRunner, folder: Path) -> None:
 
 def search_and_prune(model: PutriForCausalLM, calib: Calibration, settings: SearchSettings, work_dir: Path,
                      resume: bool = False, widths_file: Path | None = None, progress: bool = True,
-                     blocks: BlockStore | None = None) -> tuple[dict, dict[str, bytes]]:
+                     blocks: BlockStore | None = None,
+                     reconstruct_calib: Calibration | None = None) -> tuple[dict, dict[str, bytes]]:
     """Prune ``model`` in place to searched (or given) per-layer widths; return the report and its plots.
+
+    ``reconstruct_calib``: the text block reconstruction trains on (as :func:`~..prune.prune_model`'s); None: ``calib``.
 
     ``blocks``: a streamed model's block store (its pruned blocks end in the store's work folder, for
     ``save_streamed_checkpoint``); None: the model is held whole on its device."""
@@ -69,6 +73,7 @@ def search_and_prune(model: PutriForCausalLM, calib: Calibration, settings: Sear
         raise PutriError("a streamed model needs a work folder for its pruned blocks")
     if settings.reconstruct_epochs:
         require_whole_model(blocks, "--reconstruct-epochs", "no reconstruction")
+    require_loaded_text(settings.reconstruct_calib, settings.reconstruct_samples, reconstruct_calib)
     # block reconstruction fits the pruned blocks to the dense ones: a frozen copy, taken before any change
     dense_copy = copy.deepcopy(model) if settings.reconstruct_epochs else None
     start = time.perf_counter()
@@ -110,8 +115,11 @@ def search_and_prune(model: PutriForCausalLM, calib: Calibration, settings: Sear
                               "chosen": "assembled" if use_assembled else "repruned",
                               "kl": result.fitness.model_kl(model, last), "tokens": last * calib.ids.shape[1]}
     if dense_copy is not None:
+        text = reconstruct_calib or calib
+        if reconstruct_calib is not None:
+            report["reconstruction_calibration"] = reconstruct_calib.provenance()
         with torch.no_grad():
-            report["reconstruction"] = reconstruct_model(model, dense_copy, calib.ids, settings.batch_size,
+            report["reconstruction"] = reconstruct_model(model, dense_copy, text.ids, settings.batch_size,
                                                          settings.reconstruct_epochs, settings.reconstruct_lr,
                                                          progress)
         del dense_copy

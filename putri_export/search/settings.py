@@ -7,7 +7,12 @@ from pathlib import Path
 
 from ..errors import PutriError
 from ..options import option
-from ..prune.settings import check_sparsity
+from ..prune.settings import (
+    RECONSTRUCT_CALIB_HELP,
+    RECONSTRUCT_SAMPLES_HELP,
+    check_reconstruction_text,
+    check_sparsity,
+)
 
 START_NAMES = ("auto", "greedy", "uniform")
 
@@ -45,6 +50,8 @@ class SearchSettings:
                                      "--reconstruct-epochs: each block's kept weights trained to the dense block's "
                                      "output; a dense copy is kept in memory, so not for a streamed model)")
     reconstruct_lr: float = option(1e-3, "Adam learning rate of block reconstruction")
+    reconstruct_calib: str | None = option(None, RECONSTRUCT_CALIB_HELP)
+    reconstruct_samples: int | None = option(None, RECONSTRUCT_SAMPLES_HELP)
     align: int = option(1, "kept FFN widths in multiples of N (levels, moves and the budget repair), the target "
                         "still met")
 
@@ -72,3 +79,4 @@ class SearchSettings:
                              "pruned checkpoint folder, or its widths.json / pruning_report.json)")
         if self.reconstruct_epochs < 0 or self.reconstruct_lr <= 0:
             raise PutriError("reconstruct-epochs must be >= 0 and reconstruct-lr > 0")
+        check_reconstruction_text(self.reconstruct_epochs, self.reconstruct_calib, self.reconstruct_samples)

@@ -19,9 +19,10 @@ prune() {  # NAME FLAGS...
   local name=$1; shift
   timed "$name" $P prune smollm2-135m --sparsity 0.5 --threads $T "$@" --out "$W/$name"
 }
-reconstruct() {  # NAME FROM CALIB
-  timed "$1" .venv/bin/python tools/reconstruct.py "$W/$2" smollm2-135m "$W/$1" --epochs 2 --lr 1e-3 --calib "$3" \
-    --threads $T
+reconstruct() {  # NAME FROM CALIB [MORE FLAGS...]
+  local name=$1 from=$2 calib=$3; shift 3
+  timed "$name" .venv/bin/python tools/reconstruct.py "$W/$from" smollm2-135m "$W/$name" --epochs 2 --lr 1e-3 \
+    --calib "$calib" --threads $T "$@"
 }
 prune putri --method putri
 prune obs-rounds --method putri --obs-rounds 16
@@ -55,9 +56,18 @@ timed search-rec2-recover-bf16-ts $P recover "$W/search-rec2" --teacher smollm2-
 timed search-rec2-recover-bf16-ts2 $P recover "$W/search-rec2" --teacher smollm2-135m \
   --out "$W/search-rec2-recover-bf16-ts2" --data 'tinystories:train-2mib*2,wikitext2:valid-raw' --max-minutes 23.5 \
   --lr 3e-4 --autocast bf16 --threads $T
+# The same recovery with another data order and held-out set (seed 1; seed 0 is the default).
+timed search-rec2-recover-bf16-ts2-seed1 $P recover "$W/search-rec2" --teacher smollm2-135m \
+  --out "$W/search-rec2-recover-bf16-ts2-seed1" --data 'tinystories:train-2mib*2,wikitext2:valid-raw' \
+  --max-minutes 23.5 --lr 3e-4 --autocast bf16 --threads $T --seed 1
+# Reconstruction of the searched model on its own text: 256 windows of raw WikiText-2 validation + TinyStories 2 MiB
+# (128 each) instead of the 64 pruning windows (= search --reconstruct-epochs 2 --reconstruct-calib ...
+# --reconstruct-samples 256, the same function; tools/reconstruct.py spares the search). 128 windows: a screen only.
+reconstruct search-rec2-raw256 search-greedy-trade wikitext2:valid-raw,tinystories:train-2mib --calib-samples 256
 for m in smollm2-135m putri obs-rounds dense-target dense-target-refit dense-fit raw-dense-fit dense-fit-rec2 \
     raw-dense-fit-rec2 dense-fit-rec2-recover dense-fit-rec2-recover-bf16 search-greedy-trade putri-rec2 search-rec2 \
-    search-rec2-recover-bf16 search-rec2-recover-bf16-ts search-rec2-recover-bf16-ts2; do
+    search-rec2-recover-bf16 search-rec2-recover-bf16-ts search-rec2-recover-bf16-ts2 \
+    search-rec2-recover-bf16-ts2-seed1 search-rec2-raw256; do
   src=$W/$m; [ $m = smollm2-135m ] && src=$m
   for d in wikitext2 tinystories; do
     [ -f "$W/full-$m-$d.json" ] || $P eval "$src" --data $d --seq-len 512 --threads $T --json "$W/full-$m-$d.json" \

@@ -24,7 +24,9 @@ ROWS = [("putri", "paper preset (`--method putri`)"), ("obs-rounds", "paper pres
         ("search-rec2", "searched + block reconstruction (2 epochs, lr 1e-3)"),
         ("search-rec2-recover-bf16", "searched + reconstruction + `recover --autocast bf16` (23.5 min)"),
         ("search-rec2-recover-bf16-ts", "the same recovery on TinyStories + WikiText-2 valid only (no C4)"),
-        ("search-rec2-recover-bf16-ts2", "the same recovery on 2/3 TinyStories + 1/3 WikiText-2 valid (no C4)")]
+        ("search-rec2-recover-bf16-ts2", "the same recovery on 2/3 TinyStories + 1/3 WikiText-2 valid (no C4)"),
+        ("search-rec2-recover-bf16-ts2-seed1", "the same recovery, seed 1"),
+        ("search-rec2-raw256", "searched + block reconstruction on 256 raw windows (2 epochs, lr 1e-3)")]
 
 
 def seconds_and_rss(log: Path) -> tuple[str, str]:

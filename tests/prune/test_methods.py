@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -178,6 +179,52 @@ def test_block_reconstruction_lowers_each_blocks_error_and_the_perplexity(storie
         assert len(log) == (5 if epochs else 0)
         assert all(e["relative_error_after"] < e["relative_error_before"] for e in log)
     assert results[4] < 0.9 * results[0], results
+
+
+def test_block_reconstruction_trains_on_its_own_text_when_one_is_named(stories_dir, stories, calib):
+    """``--reconstruct-calib`` / ``--reconstruct-samples``: the pruning reads its calibration as before, the
+    reconstruction reads the named windows (recorded in the report), and they change what it learns."""
+    from putri_export.prune.settings import load_reconstruction_text
+
+    settings = {"sparsity": 0.5, "reconstruct_epochs": 1}
+    named = {"reconstruct_calib": "tinystories:train-2mib", "reconstruct_samples": 2 * SAMPLES}
+    text = load_reconstruction_text(stories[1], named["reconstruct_calib"], named["reconstruct_samples"], CALIB,
+                                    SAMPLES, LENGTH)
+    assert text.ids.shape == (2 * SAMPLES, LENGTH)  # the 2 MiB head starts where tinystories:train does: 8 more
+    assert load_reconstruction_text(stories[1], None, None, CALIB, SAMPLES, LENGTH) is None
+    models, reports = [], []
+    for extra, loaded in (({}, None), (named, text)):
+        model = fresh_stories(stories_dir)
+        reports.append(prune_model(model, calib, PruneSettings(**settings, **extra), progress=False,
+                                   reconstruct_calib=loaded))
+        models.append(model)
+    assert "reconstruction_calibration" not in reports[0]
+    assert reports[1]["reconstruction_calibration"] == text.provenance()
+    assert reports[0]["widths"] == reports[1]["widths"]  # the same pruning
+    for report in reports:
+        log = report["details"]["reconstruction"]
+        assert len(log) == 5 and all(e["relative_error_after"] < e["relative_error_before"] for e in log)
+    ids = calib.ids[:2]
+    assert not torch.allclose(_logits(models[0], ids), _logits(models[1], ids))
+    with pytest.raises(PutriError, match="pass it loaded as reconstruct_calib"):
+        prune_model(fresh_stories(stories_dir), calib, PruneSettings(**settings, **named), progress=False)
+
+
+@pytest.mark.parametrize("settings, needle", [
+    ({"reconstruct_calib": "tinystories:train-2mib"}, "give --reconstruct-epochs N"),
+    ({"reconstruct_samples": 128}, "give --reconstruct-epochs N"),
+    ({"reconstruct_epochs": 2, "reconstruct_samples": 0}, "reconstruct-samples must be >= 1"),
+    ({"reconstruct_epochs": 2, "reconstruct_calib": "tinystories:train*0"}, "accepted: SPEC or SPEC*N"),
+    ({"method": "2ssp", "reconstruct_epochs": 2}, "a stage of the Putri methods"),
+])
+def test_reconstruction_settings_without_a_reconstruction_to_read_them_are_refused(settings, needle):
+    from putri_export.search import SearchSettings
+
+    with pytest.raises(PutriError, match=re.escape(needle)):
+        PruneSettings(sparsity=0.5, **settings).check()
+    if "method" not in settings:
+        with pytest.raises(PutriError, match=re.escape(needle)):
+            SearchSettings(sparsity=0.5, **settings).check(64)
 
 
 def test_a_final_refit_needs_the_dense_target():

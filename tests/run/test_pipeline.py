@@ -143,12 +143,16 @@ def test_run_search_starts_from_the_greedy_allocation_and_reconstructs(stories_d
 
     search = {"iterations": 1, "generations": 1, "offspring": 4, "stage_samples": [2, 4], "stage_keep": [2, 1],
               "top_k": 64}
-    recipe = tiny_recipe(stories_dir, search=True, reconstruct_epochs=1, search_options=search)
+    recipe = tiny_recipe(stories_dir, search=True, reconstruct_epochs=1, search_options=search,
+                         reconstruct_calib="tinystories:train-2mib", reconstruct_samples=12)
     out = tmp_path / "model"
     info = pipeline._prune(recipe, stories_dir, out)
     report = json.loads((out / "search_report.json").read_text())
     assert report["start"]["source"] == "greedy"
     assert len(report["reconstruction"]) == 5
+    # the reconstruction read its own text; the search its calibration
+    assert report["reconstruction_calibration"]["samples"] == 12 and report["calibration"]["samples"] == 8
+    assert [s["corpus"] for s in report["reconstruction_calibration"]["sources"]] == ["tinystories:train-2mib"]
     assert report["final_kl"]["after_reconstruction"] < report["final_kl"]["kl"]
     assert abs(info["sparsity_blocks"] - 0.5) < 0.02 and (out / "model.safetensors").is_file()
 

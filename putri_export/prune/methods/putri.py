@@ -110,8 +110,11 @@ def prune(ctx: PruneContext) -> dict:
     attn_log = remove_head_groups(ctx, removed, refit=s.o_refit, dense=dense_stream() if dense else None)
     pruned = any(e["kept"] < e["width"] for e in ffn_log) or any(removed.values())  # else a refit is a no-op
     refit_log = refit_ffns(ctx, dense_stream()) if s.preset("final_refit") and pruned else []
-    reconstruction = reconstruct_blocks(ctx.runner, ctx.calib.ids, dense_stream(), s.reconstruct_epochs,
-                                        s.reconstruct_lr, ctx.progress) if s.reconstruct_epochs and pruned else []
+    reconstruction = []
+    if s.reconstruct_epochs and pruned:
+        ids = (ctx.reconstruct_calib or ctx.calib).ids
+        reconstruction = reconstruct_blocks(ctx.runner, ids, DenseStream(dense_model, ids, s.batch_size),
+                                            s.reconstruct_epochs, s.reconstruct_lr, ctx.progress)
     return {"budget": asdict(budget), "attention_scoring": scoring, "ffn": ffn_log, "attention_rounds": rounds,
             "attention": attn_log, "final_refit": refit_log, "reconstruction": reconstruction,
             "preset": {k: s.preset(k) for k in ("obs_rounds", "fit_target", "final_refit", "attn_len")}}
