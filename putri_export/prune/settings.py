@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..data import parse_weighted_specs
 from ..errors import PutriError
 from ..options import option
+
+if TYPE_CHECKING:  # torch-free at import: the CLI checks settings before loading anything
+    from ..data import Calibration
 
 METHOD_NAMES = ("putri", "putri-dense-fit", "2ssp", "shortgpt", "flap")
 PUTRI_METHODS = ("putri", "putri-dense-fit")
@@ -26,10 +30,10 @@ LOCAL_SCORING_FROM_PARAMS = 500_000_000
 
 
 RECONSTRUCT_CALIB_HELP = ("text of block reconstruction (calibration specs, SPEC*N takes N shares; default: "
-                          "--calib). It learns from what it reads: SmolLM2-135M searched at 0.5, 2 epochs on 256 "
-                          "windows of wikitext2:valid-raw,tinystories:train-2mib instead of the 64 pruning windows: "
-                          "0.62x/0.65x the paper preset's whole-set perplexities instead of 0.73x/0.73x, 23 min "
-                          "instead of 6 (results/quality)")
+                          "--calib). SmolLM2-135M searched at 0.5, 2 epochs on 256 windows of "
+                          "wikitext2:valid-raw,tinystories:train-2mib instead of the 64 pruning windows: 0.62x/0.65x "
+                          "the paper preset's whole-set perplexities instead of 0.73x/0.73x, 23 min instead of 6; 8 "
+                          "epochs on 64 such windows about the same in 15 min (the steps pay; results/quality)")
 RECONSTRUCT_SAMPLES_HELP = "windows of block reconstruction (default: --calib-samples); its time grows with them"
 
 
@@ -45,7 +49,7 @@ def check_reconstruction_text(epochs: int, calib: str | None, samples: int | Non
 
 
 def load_reconstruction_text(tokenizer, calib: str | None, samples: int | None, default_calib: str,
-                             default_samples: int, seq_len: int):
+                             default_samples: int, seq_len: int) -> Calibration | None:
     """The windows block reconstruction trains on where a text or a window count is named for it (the other as the
     pruning calibration's), loaded as a :class:`~putri_export.data.Calibration`; None: the pruning calibration."""
     if calib is None and samples is None:

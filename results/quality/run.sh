@@ -64,10 +64,12 @@ timed search-rec2-recover-bf16-ts2-seed1 $P recover "$W/search-rec2" --teacher s
 # (128 each) instead of the 64 pruning windows (= search --reconstruct-epochs 2 --reconstruct-calib ...
 # --reconstruct-samples 256, the same function; tools/reconstruct.py spares the search). 128 windows: a screen only.
 reconstruct search-rec2-raw256 search-greedy-trade wikitext2:valid-raw,tinystories:train-2mib --calib-samples 256
+# The same Adam steps per block on a quarter of the windows: 64 windows, 8 epochs (reconstruct's --epochs 2 overridden).
+reconstruct search-rec8-raw64 search-greedy-trade wikitext2:valid-raw,tinystories:train-2mib --epochs 8
 for m in smollm2-135m putri obs-rounds dense-target dense-target-refit dense-fit raw-dense-fit dense-fit-rec2 \
     raw-dense-fit-rec2 dense-fit-rec2-recover dense-fit-rec2-recover-bf16 search-greedy-trade putri-rec2 search-rec2 \
     search-rec2-recover-bf16 search-rec2-recover-bf16-ts search-rec2-recover-bf16-ts2 \
-    search-rec2-recover-bf16-ts2-seed1 search-rec2-raw256; do
+    search-rec2-recover-bf16-ts2-seed1 search-rec2-raw256 search-rec8-raw64; do
   src=$W/$m; [ $m = smollm2-135m ] && src=$m
   for d in wikitext2 tinystories; do
     [ -f "$W/full-$m-$d.json" ] || $P eval "$src" --data $d --seq-len 512 --threads $T --json "$W/full-$m-$d.json" \
