@@ -130,8 +130,8 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
     epochs = recipe.reconstruction_epochs(streamed=blocks is not None)
     reconstruct_calib = load_reconstruction_text(tokenizer, recipe.reconstruct_calib, recipe.reconstruct_samples,
                                                  recipe.calib, recipe.calib_samples, recipe.calib_len)
-    reconstruction = {"reconstruct_epochs": epochs, "reconstruct_calib": recipe.reconstruct_calib,
-                      "reconstruct_samples": recipe.reconstruct_samples}
+    reconstruction = {"reconstruct_epochs": epochs, "reconstruct_lr": recipe.reconstruct_lr,
+                      "reconstruct_calib": recipe.reconstruct_calib, "reconstruct_samples": recipe.reconstruct_samples}
     if out.exists():
         shutil.rmtree(out)
     if recipe.search:

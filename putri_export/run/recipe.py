@@ -14,10 +14,12 @@ from ..export.formats import ALL_GGUF_TYPES, ONNX_ATTENTIONS
 from ..options import option
 from ..prune import check_sparsity
 from ..prune.settings import (
+    DEFAULT_RECONSTRUCT_LR,
     PUTRI_METHODS,
     RECONSTRUCT_CALIB_HELP,
+    RECONSTRUCT_LR_HELP,
     RECONSTRUCT_SAMPLES_HELP,
-    check_reconstruction_text,
+    check_reconstruction,
 )
 
 # run's default reconstruction (a model held in memory): the paper preset plus these epochs is run's default route
@@ -39,6 +41,7 @@ class Recipe:
         f"weights trained to the dense block's output. Default: {DEFAULT_RECONSTRUCT_EPOCHS} for a model held in "
         "memory (SmolLM2-135M Putri 0.5: 0.84x/0.77x the paper preset's whole-set perplexities, +6 min), 0 for a "
         "streamed one (it runs a dense copy beside the pruned blocks)")
+    reconstruct_lr: float = option(DEFAULT_RECONSTRUCT_LR, RECONSTRUCT_LR_HELP)
     reconstruct_calib: str | None = option(None, RECONSTRUCT_CALIB_HELP)
     reconstruct_samples: int | None = option(None, RECONSTRUCT_SAMPLES_HELP)
     search: bool = option(False, "Týr-style search of per-layer widths, started from Putri's greedy allocation "
@@ -93,10 +96,8 @@ class Recipe:
         if self.eval_windows < 1 or self.verify_windows < 1 or self.seq_len < 16:
             raise PutriError("eval-windows and verify-windows must be >= 1 and seq-len >= 16")
         parse_weighted_specs(self.calib)
-        if self.reconstruct_epochs is not None and self.reconstruct_epochs < 0:
-            raise PutriError(f"reconstruct-epochs must be >= 0, got {self.reconstruct_epochs}")
-        check_reconstruction_text(self.reconstruction_epochs(streamed=False), self.reconstruct_calib,
-                                  self.reconstruct_samples)
+        check_reconstruction(self.reconstruction_epochs(streamed=False), self.reconstruct_calib,
+                             self.reconstruct_samples, self.reconstruct_lr)
         if self.recover:
             from ..recover import RecoverSettings
 

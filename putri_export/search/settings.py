@@ -8,9 +8,11 @@ from pathlib import Path
 from ..errors import PutriError
 from ..options import option
 from ..prune.settings import (
+    DEFAULT_RECONSTRUCT_LR,
     RECONSTRUCT_CALIB_HELP,
+    RECONSTRUCT_LR_HELP,
     RECONSTRUCT_SAMPLES_HELP,
-    check_reconstruction_text,
+    check_reconstruction,
     check_sparsity,
 )
 
@@ -49,7 +51,7 @@ class SearchSettings:
     reconstruct_epochs: int = option(0, "block reconstruction after the final pruning (prune "
                                      "--reconstruct-epochs: each block's kept weights trained to the dense block's "
                                      "output; a dense copy is kept in memory, so not for a streamed model)")
-    reconstruct_lr: float = option(1e-3, "Adam learning rate of block reconstruction")
+    reconstruct_lr: float = option(DEFAULT_RECONSTRUCT_LR, RECONSTRUCT_LR_HELP)
     reconstruct_calib: str | None = option(None, RECONSTRUCT_CALIB_HELP)
     reconstruct_samples: int | None = option(None, RECONSTRUCT_SAMPLES_HELP)
     align: int = option(1, "kept FFN widths in multiples of N (levels, moves and the budget repair), the target "
@@ -77,6 +79,5 @@ class SearchSettings:
         if self.start not in START_NAMES and not Path(self.start).exists():
             raise PutriError(f"--start {self.start!r}: no such file or folder (accepted: {', '.join(START_NAMES)}, a "
                              "pruned checkpoint folder, or its widths.json / pruning_report.json)")
-        if self.reconstruct_epochs < 0 or self.reconstruct_lr <= 0:
-            raise PutriError("reconstruct-epochs must be >= 0 and reconstruct-lr > 0")
-        check_reconstruction_text(self.reconstruct_epochs, self.reconstruct_calib, self.reconstruct_samples)
+        check_reconstruction(self.reconstruct_epochs, self.reconstruct_calib, self.reconstruct_samples,
+                             self.reconstruct_lr)

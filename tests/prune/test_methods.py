@@ -216,8 +216,10 @@ def test_block_reconstruction_trains_on_its_own_text_when_one_is_named(stories_d
     ({"reconstruct_epochs": 2, "reconstruct_samples": 0}, "reconstruct-samples must be >= 1"),
     ({"reconstruct_epochs": 2, "reconstruct_calib": "tinystories:train*0"}, "accepted: SPEC or SPEC*N"),
     ({"method": "2ssp", "reconstruct_epochs": 2}, "a stage of the Putri methods"),
+    ({"reconstruct_epochs": -1}, "reconstruct-epochs must be >= 0, got -1"),
+    ({"reconstruct_epochs": 2, "reconstruct_lr": 0.0}, "reconstruct-lr must be > 0, got 0.0"),
 ])
-def test_reconstruction_settings_without_a_reconstruction_to_read_them_are_refused(settings, needle):
+def test_malformed_reconstruction_settings_are_refused(settings, needle):
     from putri_export.search import SearchSettings
 
     with pytest.raises(PutriError, match=re.escape(needle)):
