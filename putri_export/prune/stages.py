@@ -282,7 +282,7 @@ def train_block(runner: BlockRunner, layer: torch.nn.Module, x: torch.Tensor, ta
                 lr: float, generator: torch.Generator) -> None:
     """Adam on every floating-point parameter of ``layer`` for ``epochs`` shuffled passes over the samples of ``x``,
     minimising the block's mean squared error to ``target`` (relative to the target's energy). A constant learning
-    rate: with these few steps a cosine decay to a tenth fitted every block worse (stop 34)."""
+    rate: with these few steps a cosine decay to a tenth fitted every block worse (results/quality)."""
     params = [p for p in layer.parameters() if p.is_floating_point()]
     if not params or epochs <= 0:
         return

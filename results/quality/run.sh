@@ -66,10 +66,33 @@ timed search-rec2-recover-bf16-ts2-seed1 $P recover "$W/search-rec2" --teacher s
 reconstruct search-rec2-raw256 search-greedy-trade wikitext2:valid-raw,tinystories:train-2mib --calib-samples 256
 # The same Adam steps per block on a quarter of the windows: 64 windows, 8 epochs (reconstruct's --epochs 2 overridden).
 reconstruct search-rec8-raw64 search-greedy-trade wikitext2:valid-raw,tinystories:train-2mib --epochs 8
+# Stop 34. The searched widths of search-greedy-trade (results/search/smollm2-0.50-greedy-trade/widths.json) re-pruned
+# at prune's default calibration (`search --widths`: 2.5 min instead of the 64-min search; the search had kept its
+# supernet assembly, KL 0.657, over this re-pruning, KL 0.678), then 4 epochs of reconstruction on 64 raw windows at
+# lr 1e-3 (64-window screen only) and 3e-3, then bf16 recovery for the rest of 30 minutes.
+timed search-widths $P search smollm2-135m --sparsity 0.5 --widths results/search/smollm2-0.50-greedy-trade/widths.json \
+  --threads $T --out "$W/search-widths"
+reconstruct search-widths-rec4-raw64 search-widths wikitext2:valid-raw,tinystories:train-2mib --epochs 4
+reconstruct search-widths-rec4-raw64-lr3e-3 search-widths wikitext2:valid-raw,tinystories:train-2mib --epochs 4 --lr 3e-3
+# Screens of the two learning rates on the first 64 windows of each test set (screens/; the cosine-decay screen there
+# was measured with code that was not kept).
+for m in search-widths-rec4-raw64 search-widths-rec4-raw64-lr3e-3; do
+  for d in wikitext2 tinystories; do
+    [ -f "$W/w64-$m-$d.json" ] || $P eval "$W/$m" --data $d --seq-len 512 --max-windows 64 --threads $T \
+      --json "$W/w64-$m-$d.json" > /dev/null 2>&1
+  done
+done
+timed search-widths-rec4-raw64-lr3e-3-recover $P recover "$W/search-widths-rec4-raw64-lr3e-3" --teacher smollm2-135m \
+  --out "$W/search-widths-rec4-raw64-lr3e-3-recover" --data 'tinystories:train-2mib*2,wikitext2:valid-raw' \
+  --max-minutes 20 --lr 3e-4 --autocast bf16 --threads $T
+timed search-widths-rec4-raw64-lr3e-3-recover-seed1 $P recover "$W/search-widths-rec4-raw64-lr3e-3" \
+  --teacher smollm2-135m --out "$W/search-widths-rec4-raw64-lr3e-3-recover-seed1" \
+  --data 'tinystories:train-2mib*2,wikitext2:valid-raw' --max-minutes 20 --lr 3e-4 --autocast bf16 --threads $T --seed 1
 for m in smollm2-135m putri obs-rounds dense-target dense-target-refit dense-fit raw-dense-fit dense-fit-rec2 \
     raw-dense-fit-rec2 dense-fit-rec2-recover dense-fit-rec2-recover-bf16 search-greedy-trade putri-rec2 search-rec2 \
     search-rec2-recover-bf16 search-rec2-recover-bf16-ts search-rec2-recover-bf16-ts2 \
-    search-rec2-recover-bf16-ts2-seed1 search-rec2-raw256 search-rec8-raw64; do
+    search-rec2-recover-bf16-ts2-seed1 search-rec2-raw256 search-rec8-raw64 search-widths-rec4-raw64-lr3e-3 \
+    search-widths-rec4-raw64-lr3e-3-recover search-widths-rec4-raw64-lr3e-3-recover-seed1; do
   src=$W/$m; [ $m = smollm2-135m ] && src=$m
   for d in wikitext2 tinystories; do
     [ -f "$W/full-$m-$d.json" ] || $P eval "$src" --data $d --seq-len 512 --threads $T --json "$W/full-$m-$d.json" \

@@ -27,7 +27,11 @@ ROWS = [("putri", "paper preset (`--method putri`)"), ("obs-rounds", "paper pres
         ("search-rec2-recover-bf16-ts2", "the same recovery on 2/3 TinyStories + 1/3 WikiText-2 valid (no C4)"),
         ("search-rec2-recover-bf16-ts2-seed1", "the same recovery, seed 1"),
         ("search-rec2-raw256", "searched + block reconstruction on 256 raw windows (2 epochs, lr 1e-3)"),
-        ("search-rec8-raw64", "searched + block reconstruction on 64 raw windows (8 epochs, lr 1e-3)")]
+        ("search-rec8-raw64", "searched + block reconstruction on 64 raw windows (8 epochs, lr 1e-3)"),
+        ("search-widths-rec4-raw64-lr3e-3", "searched widths re-pruned + reconstruction on 64 raw windows (4 epochs, "
+         "lr 3e-3)"),
+        ("search-widths-rec4-raw64-lr3e-3-recover", "+ `recover --autocast bf16` (20 min; 2/3 TinyStories)"),
+        ("search-widths-rec4-raw64-lr3e-3-recover-seed1", "the same recovery, seed 1")]
 
 
 def seconds_and_rss(log: Path) -> tuple[str, str]:
