@@ -41,6 +41,11 @@ RECONSTRUCT_LR_HELP = ("Adam learning rate of block reconstruction, constant (a 
 DEFAULT_RECONSTRUCT_LR = 1e-3
 
 
+def names_reconstruction_text(calib: str | None, samples: int | None) -> bool:
+    """Whether block reconstruction is given its own text or window count (else it reads the pruning calibration)."""
+    return calib is not None or samples is not None
+
+
 def check_reconstruction(epochs: int, calib: str | None, samples: int | None, lr: float | None = None) -> None:
     """Block reconstruction's settings (prune, search and run): epochs >= 0, a positive learning rate (where the
     caller has one), and its own text refused where there is no reconstruction to read it, or malformed."""
@@ -48,7 +53,7 @@ def check_reconstruction(epochs: int, calib: str | None, samples: int | None, lr
         raise PutriError(f"reconstruct-epochs must be >= 0, got {epochs}")
     if lr is not None and lr <= 0:
         raise PutriError(f"reconstruct-lr must be > 0, got {lr}")
-    if (calib is not None or samples is not None) and epochs <= 0:
+    if names_reconstruction_text(calib, samples) and epochs <= 0:
         raise PutriError("--reconstruct-calib and --reconstruct-samples choose the text of block reconstruction: "
                          "give --reconstruct-epochs N (N >= 1) too")
     if samples is not None and samples < 1:
@@ -61,7 +66,7 @@ def load_reconstruction_text(tokenizer, calib: str | None, samples: int | None, 
                              default_samples: int, seq_len: int) -> Calibration | None:
     """The windows block reconstruction trains on where a text or a window count is named for it (the other as the
     pruning calibration's), loaded as a :class:`~putri_export.data.Calibration`; None: the pruning calibration."""
-    if calib is None and samples is None:
+    if not names_reconstruction_text(calib, samples):
         return None
     from ..data import load_calibration
 
@@ -70,7 +75,7 @@ def load_reconstruction_text(tokenizer, calib: str | None, samples: int | None, 
 
 def require_loaded_text(calib: str | None, samples: int | None, loaded: object | None) -> None:
     """A job whose settings name a reconstruction text must be given it loaded (it holds no tokenizer)."""
-    if (calib is not None or samples is not None) and loaded is None:
+    if names_reconstruction_text(calib, samples) and loaded is None:
         raise PutriError("the settings name a text for block reconstruction: pass it loaded as reconstruct_calib "
                          "(load_reconstruction_text)")
 

@@ -20,6 +20,7 @@ from ..prune.settings import (
     RECONSTRUCT_LR_HELP,
     RECONSTRUCT_SAMPLES_HELP,
     check_reconstruction,
+    names_reconstruction_text,
 )
 
 # run's default reconstruction (a model held in memory): the paper preset plus these epochs is run's default route
@@ -114,7 +115,7 @@ class Recipe:
         a reconstruction text is named: then prune says why a streamed model cannot)."""
         if self.reconstruct_epochs is not None:
             return self.reconstruct_epochs
-        named = self.reconstruct_calib is not None or self.reconstruct_samples is not None
+        named = names_reconstruction_text(self.reconstruct_calib, self.reconstruct_samples)
         return 0 if streamed and not named else DEFAULT_RECONSTRUCT_EPOCHS
 
     def recover_settings(self):
