@@ -52,14 +52,25 @@ def _settings(args, method: str, sparsity: float) -> PruneSettings:
         # Taken from run's own recipe so the cell follows run's defaults if they change.
         recipe = Recipe(model=args.model, sparsity=sparsity)
         return PruneSettings(method=recipe.method, align=recipe.align,
-                             reconstruct_epochs=recipe.reconstruction_epochs(streamed=False), **common)
+                             reconstruct_epochs=recipe.reconstruction_epochs(streamed=False),
+                             reconstruct_lr=recipe.reconstruct_lr, reconstruct_batch=recipe.reconstruct_batch, **common)
     return PruneSettings(method=method, **common)
+
+
+def _cell_settings(s: PruneSettings) -> dict:
+    """What a cell records of its settings; a run-default cell made with others is redone (run's defaults
+    change)."""
+    record = {"method": s.method, "align": s.align, "reconstruct_epochs": s.reconstruct_epochs}
+    if s.reconstruct_epochs:
+        record |= {"reconstruct_lr": s.reconstruct_lr, "reconstruct_batch": s.reconstruct_batch}
+    return record
 
 
 def _describe_run_default(args) -> str:
     s = _settings(args, RUN_DEFAULT, 0.5)
     return (f"{s.method} with FFN widths aligned to multiples of {s.align}, then {s.reconstruct_epochs} epochs of "
-            f"block reconstruction at lr {s.reconstruct_lr:g} (its time is in the pruning time)")
+            f"block reconstruction at lr {s.reconstruct_lr:g}, {s.reconstruct_batch} windows per step (its time is in "
+            "the pruning time)")
 
 
 def _evaluate(model, eval_ids: dict, args) -> dict:
@@ -76,7 +87,10 @@ def run_cells(args, eval_ids: dict, cells: Path) -> None:
     for method, sparsity in todo:
         path = cells / f"{method}-{sparsity:.2f}.json"
         if path.exists():
-            continue
+            kept = json.loads(path.read_text()).get("settings")
+            if method != RUN_DEFAULT or kept == _cell_settings(_settings(args, method, sparsity)):
+                continue
+            print(f"== {path.name} was made with other settings ({kept}): redone", flush=True)
         print(f"== {method} at {sparsity}", flush=True)
         model, tokenizer = load_model(args.model)
         dense = param_counts(model)
@@ -88,8 +102,7 @@ def run_cells(args, eval_ids: dict, cells: Path) -> None:
                                  state_dir=args.out / "state" / path.stem, resume=True, dense_cache=dense_cache)
             record.update({k: report[k] for k in ("sparsity_blocks", "sparsity_total", "params_blocks",
                                                   "params_total", "prune_seconds", "widths")})
-            record["settings"] = {"method": settings.method, "align": settings.align,
-                                  "reconstruct_epochs": settings.reconstruct_epochs}
+            record["settings"] = _cell_settings(settings)
             if report["details"].get("reconstruction"):
                 record["reconstruction_block_error"] = mean_block_errors(report["details"]["reconstruction"])
         else:

@@ -3,7 +3,7 @@ run after the fact, so that an ablation need not prune again (a Putri prune of S
 Identical to pruning with the flag when --calib/--calib-samples here are the prune's calibration, or its
 --reconstruct-calib/--reconstruct-samples.
 
-    python tools/reconstruct.py PRUNED_DIR DENSE_MODEL OUT_DIR [--epochs 2] [--lr 1e-3] [--calib DATA]
+    python tools/reconstruct.py PRUNED_DIR DENSE_MODEL OUT_DIR [--epochs 2] [--lr 1e-3] [--batch 2] [--calib DATA]
         [--calib-samples 64] [--calib-len 512] [--threads N]
 """
 
@@ -30,10 +30,12 @@ def main() -> None:
     p.add_argument("dense")
     p.add_argument("out")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=PruneSettings().reconstruct_lr)
     p.add_argument("--calib", default=DEFAULT_CALIBRATION)
     p.add_argument("--calib-samples", type=int, default=64)
     p.add_argument("--calib-len", type=int, default=512)
+    p.add_argument("--batch", type=int, default=PruneSettings().reconstruct_batch,
+                   help="windows per Adam step (prune --reconstruct-batch)")
     p.add_argument("--threads", type=int)
     args = p.parse_args()
     if args.threads:
@@ -41,13 +43,14 @@ def main() -> None:
     model, tokenizer = load_model(Path(args.pruned))
     dense, _ = load_model(resolve_model(args.dense).path)
     calib = load_calibration(tokenizer, args.calib, args.calib_samples, args.calib_len)
-    batch_size = PruneSettings().batch_size
     start = time.perf_counter()
     with torch.no_grad():
-        log = reconstruct_model(model, dense, calib.ids, batch_size, args.epochs, args.lr)
+        log = reconstruct_model(model, dense, calib.ids, PruneSettings().batch_size, args.epochs, args.lr,
+                                args.batch)
     seconds = time.perf_counter() - start
     out = save_checkpoint(model, tokenizer, Path(args.out), source_dir=Path(args.pruned))
     report = {"pruned": args.pruned, "dense": args.dense, "epochs": args.epochs, "lr": args.lr,
+              "batch": args.batch,
               "calibration": calib.provenance(), "seconds": seconds,
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "blocks": log}
     (Path(out) / "reconstruction_report.json").write_text(json.dumps(report, indent=2) + "\n")

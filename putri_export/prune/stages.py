@@ -279,10 +279,11 @@ def relative_error(output: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def train_block(runner: BlockRunner, layer: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, epochs: int,
-                lr: float, generator: torch.Generator) -> None:
+                lr: float, step_samples: int, generator: torch.Generator) -> None:
     """Adam on every floating-point parameter of ``layer`` for ``epochs`` shuffled passes over the samples of ``x``,
-    minimising the block's mean squared error to ``target`` (relative to the target's energy). A constant learning
-    rate: with these few steps a cosine decay to a tenth fitted every block worse (results/quality)."""
+    ``step_samples`` per step, minimising the block's mean squared error to ``target`` (relative to the target's
+    energy). A constant learning rate: with these few steps a cosine decay to a tenth fitted every block worse, and
+    smaller steps (more of them for the same passes) fitted better (results/quality)."""
     params = [p for p in layer.parameters() if p.is_floating_point()]
     if not params or epochs <= 0:
         return
@@ -293,7 +294,7 @@ def train_block(runner: BlockRunner, layer: torch.nn.Module, x: torch.Tensor, ta
     try:
         with torch.enable_grad():
             for _ in range(epochs):
-                for idx in torch.randperm(x.shape[0], generator=generator).split(runner.batch_size):
+                for idx in torch.randperm(x.shape[0], generator=generator).split(step_samples):
                     idx = idx.to(x.device)
                     loss = (runner.block_batch(layer, x[idx]) - target[idx]).pow(2).mean() / scale
                     optimizer.zero_grad(set_to_none=True)
@@ -305,7 +306,7 @@ def train_block(runner: BlockRunner, layer: torch.nn.Module, x: torch.Tensor, ta
 
 
 def reconstruct_blocks(runner: BlockRunner, ids: torch.Tensor, dense: DenseStream, epochs: int, lr: float,
-                       progress: bool = True) -> list[dict]:
+                       step_samples: int, progress: bool = True) -> list[dict]:
     """Block reconstruction: block by block, every kept weight of the pruned block (projections and norms) is trained
     (:func:`train_block`) so that the block's output on the *pruned* stream matches the dense model's block output on
     the dense stream; the stream then advances through the trained block. Memory: one block's gradients and Adam
@@ -317,7 +318,7 @@ def reconstruct_blocks(runner: BlockRunner, ids: torch.Tensor, dense: DenseStrea
         layer = runner.layers[l]
         y_dense = dense.step(l)[1]
         before = relative_error(runner.block(layer, x), y_dense)
-        train_block(runner, layer, x, y_dense, epochs, lr, generator)
+        train_block(runner, layer, x, y_dense, epochs, lr, step_samples, generator)
         x_next = runner.block(layer, x)  # the "after" error and the next block's input: one forward
         log.append({"layer": l, "relative_error_before": before,
                     "relative_error_after": relative_error(x_next, y_dense)})
@@ -331,7 +332,7 @@ def mean_block_errors(log: list[dict]) -> dict[str, float]:
 
 
 def reconstruct_model(model: PutriForCausalLM, dense_model: PutriForCausalLM, ids: torch.Tensor, batch_size: int,
-                      epochs: int, lr: float, progress: bool = True) -> list[dict]:
+                      epochs: int, lr: float, step_samples: int, progress: bool = True) -> list[dict]:
     """:func:`reconstruct_blocks` of a pruned model held whole in memory against a frozen dense copy."""
     return reconstruct_blocks(BlockRunner(model, batch_size), ids, DenseStream(dense_model, ids, batch_size), epochs,
-                              lr, progress)
+                              lr, step_samples, progress)

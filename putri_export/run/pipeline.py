@@ -131,6 +131,7 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
     reconstruct_calib = load_reconstruction_text(tokenizer, recipe.reconstruct_calib, recipe.reconstruct_samples,
                                                  recipe.calib, recipe.calib_samples, recipe.calib_len)
     reconstruction = {"reconstruct_epochs": epochs, "reconstruct_lr": recipe.reconstruct_lr,
+                      "reconstruct_batch": recipe.reconstruct_batch,
                       "reconstruct_calib": recipe.reconstruct_calib, "reconstruct_samples": recipe.reconstruct_samples}
     if out.exists():
         shutil.rmtree(out)

@@ -14,8 +14,10 @@ from ..export.formats import ALL_GGUF_TYPES, ONNX_ATTENTIONS
 from ..options import option
 from ..prune import check_sparsity
 from ..prune.settings import (
+    DEFAULT_RECONSTRUCT_BATCH,
     DEFAULT_RECONSTRUCT_LR,
     PUTRI_METHODS,
+    RECONSTRUCT_BATCH_HELP,
     RECONSTRUCT_CALIB_HELP,
     RECONSTRUCT_LR_HELP,
     RECONSTRUCT_SAMPLES_HELP,
@@ -43,6 +45,7 @@ class Recipe:
         "memory (SmolLM2-135M Putri 0.5: 0.84x/0.77x the paper preset's whole-set perplexities, +6 min), 0 for a "
         "streamed one (it runs a dense copy beside the pruned blocks)")
     reconstruct_lr: float = option(DEFAULT_RECONSTRUCT_LR, RECONSTRUCT_LR_HELP)
+    reconstruct_batch: int = option(DEFAULT_RECONSTRUCT_BATCH, RECONSTRUCT_BATCH_HELP)
     reconstruct_calib: str | None = option(None, RECONSTRUCT_CALIB_HELP)
     reconstruct_samples: int | None = option(None, RECONSTRUCT_SAMPLES_HELP)
     search: bool = option(False, "Týr-style search of per-layer widths, started from Putri's greedy allocation "
@@ -98,7 +101,8 @@ class Recipe:
             raise PutriError("eval-windows and verify-windows must be >= 1 and seq-len >= 16")
         parse_weighted_specs(self.calib)
         check_reconstruction(self.reconstruction_epochs(streamed=False), self.reconstruct_calib,
-                             self.reconstruct_samples, self.reconstruct_lr)
+                             self.reconstruct_samples, self.reconstruct_lr,
+                             self.reconstruct_batch)
         if self.recover:
             from ..recover import RecoverSettings
 

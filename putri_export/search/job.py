@@ -121,7 +121,7 @@ def search_and_prune(model: PutriForCausalLM, calib: Calibration, settings: Sear
         with torch.no_grad():
             report["reconstruction"] = reconstruct_model(model, dense_copy, text.ids, settings.batch_size,
                                                          settings.reconstruct_epochs, settings.reconstruct_lr,
-                                                         progress)
+                                                         settings.reconstruct_batch, progress)
         del dense_copy
         if result is not None:
             report["final_kl"]["after_reconstruction"] = result.fitness.model_kl(model, last)

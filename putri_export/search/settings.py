@@ -8,7 +8,9 @@ from pathlib import Path
 from ..errors import PutriError
 from ..options import option
 from ..prune.settings import (
+    DEFAULT_RECONSTRUCT_BATCH,
     DEFAULT_RECONSTRUCT_LR,
+    RECONSTRUCT_BATCH_HELP,
     RECONSTRUCT_CALIB_HELP,
     RECONSTRUCT_LR_HELP,
     RECONSTRUCT_SAMPLES_HELP,
@@ -52,6 +54,7 @@ class SearchSettings:
                                      "--reconstruct-epochs: each block's kept weights trained to the dense block's "
                                      "output; a dense copy is kept in memory, so not for a streamed model)")
     reconstruct_lr: float = option(DEFAULT_RECONSTRUCT_LR, RECONSTRUCT_LR_HELP)
+    reconstruct_batch: int = option(DEFAULT_RECONSTRUCT_BATCH, RECONSTRUCT_BATCH_HELP)
     reconstruct_calib: str | None = option(None, RECONSTRUCT_CALIB_HELP)
     reconstruct_samples: int | None = option(None, RECONSTRUCT_SAMPLES_HELP)
     align: int = option(1, "kept FFN widths in multiples of N (levels, moves and the budget repair), the target "
@@ -80,4 +83,4 @@ class SearchSettings:
             raise PutriError(f"--start {self.start!r}: no such file or folder (accepted: {', '.join(START_NAMES)}, a "
                              "pruned checkpoint folder, or its widths.json / pruning_report.json)")
         check_reconstruction(self.reconstruct_epochs, self.reconstruct_calib, self.reconstruct_samples,
-                             self.reconstruct_lr)
+                             self.reconstruct_lr, self.reconstruct_batch)

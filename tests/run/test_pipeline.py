@@ -57,7 +57,7 @@ def test_run_writes_verified_artifacts_and_a_report(stories_dir, tmp_path):
 def test_run_recover_exports_the_recovered_model(stories_dir, tmp_path):
     out = tmp_path / "run"
     recipe = tiny_recipe(stories_dir, formats=["onnx"], bench=False, reconstruct_epochs=1, reconstruct_lr=2e-3,
-                         recover=True,
+                         reconstruct_batch=4, recover=True,
                          recover_options={"data": "tinystories:train", "windows": 16, "seq_len": 128,
                                           "tokens": 16 * 128, "lr": 1e-3, "eval_windows": 2})
     report = run_pipeline(recipe, out)
@@ -67,7 +67,8 @@ def test_run_recover_exports_the_recovered_model(stories_dir, tmp_path):
     assert (out / "model" / "recovery_report.json").is_file()  # model/ is what was exported
     pruning = json.loads((out / "model-pruned" / "pruning_report.json").read_text())
     assert pruning["settings"]["reconstruct_epochs"] == 1 and pruning["details"]["reconstruction"]
-    assert pruning["settings"]["reconstruct_lr"] == 2e-3  # run hands its reconstruction settings to prune
+    settings = pruning["settings"]  # run hands its reconstruction settings to prune
+    assert (settings["reconstruct_lr"], settings["reconstruct_batch"]) == (2e-3, 4)
     assert "Recovered by distillation" in (out / "report.md").read_text()
     with pytest.raises(PutriError, match="unknown recover option"):
         tiny_recipe(stories_dir, recover=True, recover_options={"epochs": 3}).check()
@@ -171,6 +172,7 @@ def test_run_refuses_bad_input_before_doing_work(stories_dir, tmp_path):
         (["--recipe", str(tmp_path / "missing.yaml")], "recipe not found"),
         (["--sparsity", "0.5", "--search", "--reconstruct-epochs", "-1"], "reconstruct-epochs must be >= 0"),
         (["--sparsity", "0.5", "--reconstruct-lr", "0"], "reconstruct-lr must be > 0, got 0.0"),
+        (["--sparsity", "0.5", "--reconstruct-batch", "0"], "reconstruct-batch must be >= 1, got 0"),
         (["--sparsity", "0.5", "--recover", "--recover-minutes", "-1"], "max-minutes"),
     ]
     for extra, message in cases:
