@@ -42,7 +42,7 @@ class Recipe:
     reconstruct_epochs: int | None = option(
         None, "block reconstruction after pruning (prune/search --reconstruct-epochs): each pruned block's kept "
         f"weights trained to the dense block's output. Default: {DEFAULT_RECONSTRUCT_EPOCHS} for a model held in "
-        "memory (SmolLM2-135M Putri 0.5: 0.84x/0.77x the paper preset's whole-set perplexities, +6 min), 0 for a "
+        "memory (SmolLM2-135M Putri 0.5: 0.75x/0.70x the paper preset's whole-set perplexities, +6 min), 0 for a "
         "streamed one (it runs a dense copy beside the pruned blocks)")
     reconstruct_lr: float = option(DEFAULT_RECONSTRUCT_LR, RECONSTRUCT_LR_HELP)
     reconstruct_batch: int = option(DEFAULT_RECONSTRUCT_BATCH, RECONSTRUCT_BATCH_HELP)
@@ -101,8 +101,7 @@ class Recipe:
             raise PutriError("eval-windows and verify-windows must be >= 1 and seq-len >= 16")
         parse_weighted_specs(self.calib)
         check_reconstruction(self.reconstruction_epochs(streamed=False), self.reconstruct_calib,
-                             self.reconstruct_samples, self.reconstruct_lr,
-                             self.reconstruct_batch)
+                             self.reconstruct_samples, self.reconstruct_lr, self.reconstruct_batch)
         if self.recover:
             from ..recover import RecoverSettings
 

@@ -22,7 +22,7 @@ prune() {  # NAME FLAGS...
 reconstruct() {  # NAME FROM CALIB [MORE FLAGS...]
   local name=$1 from=$2 calib=$3; shift 3
   timed "$name" .venv/bin/python tools/reconstruct.py "$W/$from" smollm2-135m "$W/$name" --epochs 2 --lr 1e-3 \
-    --calib "$calib" --threads $T "$@"
+    --batch 8 --calib "$calib" --threads $T "$@"  # --batch 8: the step size before stop 35 (later rows pass 2)
 }
 prune putri --method putri
 prune obs-rounds --method putri --obs-rounds 16
@@ -88,11 +88,32 @@ timed search-widths-rec4-raw64-lr3e-3-recover $P recover "$W/search-widths-rec4-
 timed search-widths-rec4-raw64-lr3e-3-recover-seed1 $P recover "$W/search-widths-rec4-raw64-lr3e-3" \
   --teacher smollm2-135m --out "$W/search-widths-rec4-raw64-lr3e-3-recover-seed1" \
   --data 'tinystories:train-2mib*2,wikitext2:valid-raw' --max-minutes 20 --lr 3e-4 --autocast bf16 --threads $T --seed 1
+# Stop 35: reconstruction's step size (windows per Adam step) and learning rate, 2 epochs on the paper preset's 64
+# pruning windows, then on the re-pruned searched widths (64 raw windows); screened on the first 64 windows of each test
+# set. putri-rec2-b2 (2 windows per step, lr 1e-3) is run's default reconstruction since stop 35.
+PT=wikitext2:valid,tinystories:train
+reconstruct putri-rec2-lr3e-3 putri $PT --lr 3e-3
+reconstruct putri-rec2-b2 putri $PT --batch 2
+reconstruct putri-rec2-b2-lr2e-3 putri $PT --batch 2 --lr 2e-3
+reconstruct putri-rec2-b2-lr3e-3 putri $PT --batch 2 --lr 3e-3
+reconstruct putri-rec2-b2-lr5e-3 putri $PT --batch 2 --lr 5e-3
+reconstruct putri-rec2-b1 putri $PT --batch 1
+reconstruct putri-rec2-b1-lr3e-3 putri $PT --batch 1 --lr 3e-3
+reconstruct search-widths-rec2-raw64-b2 search-widths wikitext2:valid-raw,tinystories:train-2mib --batch 2
+reconstruct search-widths-rec2-raw64-b2-lr3e-3 search-widths wikitext2:valid-raw,tinystories:train-2mib --batch 2 \
+  --lr 3e-3
+for m in putri-rec2 putri-rec2-lr3e-3 putri-rec2-b2 putri-rec2-b2-lr2e-3 putri-rec2-b2-lr3e-3 putri-rec2-b2-lr5e-3 \
+    putri-rec2-b1 putri-rec2-b1-lr3e-3 search-widths-rec2-raw64-b2 search-widths-rec2-raw64-b2-lr3e-3; do
+  for d in wikitext2 tinystories; do
+    [ -f "$W/w64-$m-$d.json" ] || $P eval "$W/$m" --data $d --seq-len 512 --max-windows 64 --threads $T \
+      --json "$W/w64-$m-$d.json" > /dev/null 2>&1
+  done
+done
 for m in smollm2-135m putri obs-rounds dense-target dense-target-refit dense-fit raw-dense-fit dense-fit-rec2 \
     raw-dense-fit-rec2 dense-fit-rec2-recover dense-fit-rec2-recover-bf16 search-greedy-trade putri-rec2 search-rec2 \
     search-rec2-recover-bf16 search-rec2-recover-bf16-ts search-rec2-recover-bf16-ts2 \
     search-rec2-recover-bf16-ts2-seed1 search-rec2-raw256 search-rec8-raw64 search-widths-rec4-raw64-lr3e-3 \
-    search-widths-rec4-raw64-lr3e-3-recover search-widths-rec4-raw64-lr3e-3-recover-seed1; do
+    search-widths-rec4-raw64-lr3e-3-recover search-widths-rec4-raw64-lr3e-3-recover-seed1 putri-rec2-b2; do
   src=$W/$m; [ $m = smollm2-135m ] && src=$m
   for d in wikitext2 tinystories; do
     [ -f "$W/full-$m-$d.json" ] || $P eval "$src" --data $d --seq-len 512 --threads $T --json "$W/full-$m-$d.json" \

@@ -31,7 +31,9 @@ ROWS = [("putri", "paper preset (`--method putri`)"), ("obs-rounds", "paper pres
         ("search-widths-rec4-raw64-lr3e-3", "searched widths re-pruned + reconstruction on 64 raw windows (4 epochs, "
          "lr 3e-3)"),
         ("search-widths-rec4-raw64-lr3e-3-recover", "+ `recover --autocast bf16` (20 min; 2/3 TinyStories)"),
-        ("search-widths-rec4-raw64-lr3e-3-recover-seed1", "the same recovery, seed 1")]
+        ("search-widths-rec4-raw64-lr3e-3-recover-seed1", "the same recovery, seed 1"),
+        ("putri-rec2-b2", "paper preset + block reconstruction (2 epochs, lr 1e-3, 2 windows per step; run's default "
+         "since stop 35)")]
 
 
 def seconds_and_rss(log: Path) -> tuple[str, str]:
