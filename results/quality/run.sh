@@ -100,10 +100,13 @@ reconstruct putri-rec2-b2-lr5e-3 putri $PT --batch 2 --lr 5e-3
 reconstruct putri-rec2-b1 putri $PT --batch 1
 reconstruct putri-rec2-b1-lr3e-3 putri $PT --batch 1 --lr 3e-3
 reconstruct search-widths-rec2-raw64-b2 search-widths wikitext2:valid-raw,tinystories:train-2mib --batch 2
+reconstruct search-widths-rec2-raw64-b2-lr2e-3 search-widths wikitext2:valid-raw,tinystories:train-2mib --batch 2 \
+  --lr 2e-3
 reconstruct search-widths-rec2-raw64-b2-lr3e-3 search-widths wikitext2:valid-raw,tinystories:train-2mib --batch 2 \
   --lr 3e-3
 for m in putri-rec2 putri-rec2-lr3e-3 putri-rec2-b2 putri-rec2-b2-lr2e-3 putri-rec2-b2-lr3e-3 putri-rec2-b2-lr5e-3 \
-    putri-rec2-b1 putri-rec2-b1-lr3e-3 search-widths-rec2-raw64-b2 search-widths-rec2-raw64-b2-lr3e-3; do
+    putri-rec2-b1 putri-rec2-b1-lr3e-3 search-widths-rec2-raw64-b2 search-widths-rec2-raw64-b2-lr2e-3 \
+    search-widths-rec2-raw64-b2-lr3e-3; do
   for d in wikitext2 tinystories; do
     [ -f "$W/w64-$m-$d.json" ] || $P eval "$W/$m" --data $d --seq-len 512 --max-windows 64 --threads $T \
       --json "$W/w64-$m-$d.json" > /dev/null 2>&1
