@@ -23,6 +23,8 @@ from putri_export.model.assets import resolve_model
 from putri_export.prune import PruneSettings
 from putri_export.prune.stages import mean_block_errors, reconstruct_model
 
+DEFAULTS = PruneSettings()  # prune's forward batch and reconstruction defaults
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -30,11 +32,11 @@ def main() -> None:
     p.add_argument("dense")
     p.add_argument("out")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=PruneSettings().reconstruct_lr)
+    p.add_argument("--lr", type=float, default=DEFAULTS.reconstruct_lr)
     p.add_argument("--calib", default=DEFAULT_CALIBRATION)
     p.add_argument("--calib-samples", type=int, default=64)
     p.add_argument("--calib-len", type=int, default=512)
-    p.add_argument("--batch", type=int, default=PruneSettings().reconstruct_batch,
+    p.add_argument("--batch", type=int, default=DEFAULTS.reconstruct_batch,
                    help="windows per Adam step (prune --reconstruct-batch)")
     p.add_argument("--threads", type=int)
     args = p.parse_args()
@@ -45,7 +47,7 @@ def main() -> None:
     calib = load_calibration(tokenizer, args.calib, args.calib_samples, args.calib_len)
     start = time.perf_counter()
     with torch.no_grad():
-        log = reconstruct_model(model, dense, calib.ids, PruneSettings().batch_size, args.epochs, args.lr,
+        log = reconstruct_model(model, dense, calib.ids, DEFAULTS.batch_size, args.epochs, args.lr,
                                 args.batch)
     seconds = time.perf_counter() - start
     out = save_checkpoint(model, tokenizer, Path(args.out), source_dir=Path(args.pruned))

@@ -164,8 +164,8 @@ def test_dense_fit_preset_beats_the_paper_preset_on_held_out_text(stories_dir, s
 
 def test_block_reconstruction_lowers_each_blocks_error_and_the_perplexity(stories_dir, stories, tinystories_ids):
     """Measured (64 × 256 calibration, 32 held-out windows): putri-dense-fit 28.44; + 8 epochs of block
-    reconstruction at lr 1e-3, 8 windows per step: 16.62. The same passes in steps of 2 windows fit every block
-    closer."""
+    reconstruction at lr 1e-3, 8 windows per step: 16.62. The same passes in steps of 2 windows reach a lower mean
+    block error and perplexity."""
     from putri_export.eval import perplexity, torch_logits_fn
     from putri_export.prune.stages import mean_block_errors
 
