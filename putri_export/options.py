@@ -12,9 +12,10 @@ from dataclasses import MISSING, field, fields
 from typing import Any, get_args, get_origin, get_type_hints
 
 
-def option(default: Any, help: str, choices: tuple | None = None) -> Any:
-    """A settings field with its help text (tuples/lists are copied per instance)."""
-    metadata = {"help": help, "choices": choices}
+def option(default: Any, help: str, choices: tuple | None = None, group: str | None = None) -> Any:
+    """A settings field with its help text (tuples/lists are copied per instance); fields of one ``group`` are
+    listed together under that title in ``--help``."""
+    metadata = {"help": help, "choices": choices, "group": group}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -36,9 +37,14 @@ def add_options(parser: argparse.ArgumentParser, cls: type, only: list[str] | No
     """Add a flag for each :func:`option` field of ``cls`` (all, or those named in ``only``); flags default to
     None so that :func:`given_options` returns only what the user set."""
     hints = get_type_hints(cls)
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for f in fields(cls):
         if "help" not in f.metadata or f.name in skip or (only is not None and f.name not in only):
             continue
+        title = f.metadata.get("group")
+        if title and title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        target = groups[title] if title else parser
         default = f.default if f.default is not MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
@@ -46,15 +52,15 @@ def add_options(parser: argparse.ArgumentParser, cls: type, only: list[str] | No
         help_text = f"{f.metadata['help']} (default: {_shown(default)})".replace("%", "%%")
         if kind is bool:
             if default:
-                parser.add_argument("--no-" + flag[2:], dest=f.name, action="store_false", default=None, help=help_text)
+                target.add_argument("--no-" + flag[2:], dest=f.name, action="store_false", default=None, help=help_text)
             else:
-                parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
+                target.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
             continue
         if type(None) in get_args(kind):  # X | None
             kind = next(a for a in get_args(kind) if a is not type(None))
             if kind is bool:  # unset: a preset decides; both flags given
-                parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
-                parser.add_argument("--no-" + flag[2:], dest=f.name, action="store_false", default=None,
+                target.add_argument(flag, dest=f.name, action="store_true", default=None, help=help_text)
+                target.add_argument("--no-" + flag[2:], dest=f.name, action="store_false", default=None,
                                     help=f"the opposite of {flag} (default: {_shown(default)})")
                 continue
         if get_origin(kind) in (tuple, list):
@@ -64,7 +70,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, only: list[str] | No
                 return container(parse(text))
         else:
             convert = {int: int, float: float, str: str}.get(kind, str)
-        parser.add_argument(flag, dest=f.name, type=convert, default=None, choices=f.metadata.get("choices"),
+        target.add_argument(flag, dest=f.name, type=convert, default=None, choices=f.metadata.get("choices"),
                             help=help_text)
 
 

@@ -56,3 +56,24 @@ def test_every_subcommand_prints_its_help():
     assert {"prune", "search", "eval", "export", "verify"} <= set(commands)
     for name, sub in commands.items():
         assert "usage:" in sub.format_help(), name
+
+
+def test_block_reconstruction_is_declared_once_and_listed_under_one_heading():
+    """prune, search and run inherit block reconstruction's flags from one ``ReconstructionSettings`` (run with its
+    own epochs default), each shows them in one ``--help`` group, and ``reconstruction()`` hands them over whole."""
+    from dataclasses import asdict, fields
+
+    from putri_export.prune.settings import RECONSTRUCTION, ReconstructionSettings
+
+    names = [f.name for f in fields(ReconstructionSettings)]
+    for cls in (PruneSettings, SearchSettings, Recipe):
+        parser = argparse.ArgumentParser()
+        add_options(parser, cls)
+        group = next(g for g in parser._action_groups if g.title == RECONSTRUCTION)
+        assert [a.dest for a in group._group_actions] == names, cls
+    assert Recipe().reconstruct_epochs is None and PruneSettings().reconstruct_epochs == 0
+    recipe = Recipe(reconstruct_lr=2e-3, reconstruct_batch=4, reconstruct_samples=32)
+    handed = asdict(recipe.reconstruction(epochs=3))
+    assert handed == {"reconstruct_epochs": 3, "reconstruct_lr": 2e-3, "reconstruct_batch": 4,
+                      "reconstruct_calib": None, "reconstruct_samples": 32}
+    assert PruneSettings(**handed).reconstruction() == recipe.reconstruction(epochs=3)

@@ -18,9 +18,11 @@ from pathlib import Path
 import torch
 
 from putri_export.data import DEFAULT_CALIBRATION, load_calibration
+from putri_export.errors import PutriError
 from putri_export.model import load_model, save_checkpoint
 from putri_export.model.assets import resolve_model
 from putri_export.prune import PruneSettings
+from putri_export.prune.settings import ReconstructionSettings
 from putri_export.prune.stages import mean_block_errors, reconstruct_model
 
 DEFAULTS = PruneSettings()  # prune's forward batch and reconstruction defaults
@@ -40,6 +42,12 @@ def main() -> None:
                    help="windows per Adam step (prune --reconstruct-batch)")
     p.add_argument("--threads", type=int)
     args = p.parse_args()
+    settings = ReconstructionSettings(reconstruct_epochs=args.epochs, reconstruct_lr=args.lr,
+                                      reconstruct_batch=args.batch)
+    try:
+        settings.check_reconstruction()
+    except PutriError as e:
+        p.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_model(Path(args.pruned))
@@ -47,8 +55,7 @@ def main() -> None:
     calib = load_calibration(tokenizer, args.calib, args.calib_samples, args.calib_len)
     start = time.perf_counter()
     with torch.no_grad():
-        log = reconstruct_model(model, dense, calib.ids, DEFAULTS.batch_size, args.epochs, args.lr,
-                                args.batch)
+        log = reconstruct_model(model, dense, calib.ids, DEFAULTS.batch_size, settings)
     seconds = time.perf_counter() - start
     out = save_checkpoint(model, tokenizer, Path(args.out), source_dir=Path(args.pruned))
     report = {"pruned": args.pruned, "dense": args.dense, "epochs": args.epochs, "lr": args.lr,

@@ -206,10 +206,7 @@ def _interrupted(out: Path, kept: Path, what: str) -> int:
 
 def _reconstruction_calibration(tokenizer, settings, args: argparse.Namespace):
     """The text block reconstruction trains on, loaded, where prune/search name one; None: the calibration."""
-    from ..prune.settings import load_reconstruction_text
-
-    return load_reconstruction_text(tokenizer, settings.reconstruct_calib, settings.reconstruct_samples, args.calib,
-                                    args.calib_samples, args.calib_len)
+    return settings.load_reconstruction_text(tokenizer, args.calib, args.calib_samples, args.calib_len)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

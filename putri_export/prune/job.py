@@ -21,7 +21,7 @@ from ..model.blocks import BlockStore
 from ..resume import ResumeStore, fingerprint, model_fingerprint
 from .context import PruneContext
 from .methods import METHODS
-from .settings import PUTRI_METHODS, PruneSettings, require_loaded_text
+from .settings import PUTRI_METHODS, PruneSettings
 from .stream import BlockRunner, require_whole_model
 
 
@@ -37,7 +37,7 @@ def prune_model(model: PutriForCausalLM, calib: Calibration, settings: PruneSett
 
     ``state_dir``: where progress is kept (resumable with ``resume=True``; removed when the job finishes).
     ``reconstruct_calib``: the text block reconstruction trains on (``settings.reconstruct_calib`` and
-    ``reconstruct_samples`` loaded by :func:`~.settings.load_reconstruction_text`); None: ``calib``.
+    ``reconstruct_samples`` loaded by ``settings.load_reconstruction_text``); None: ``calib``.
     ``dense_cache``: a dict the caller passes again when pruning *the same dense model with the same
     calibration* at other settings; statistics that depend only on the dense model (2SSP activation
     norms, ShortGPT block influence, FLAP fluctuations) are measured once and reused.
@@ -58,7 +58,7 @@ def prune_model(model: PutriForCausalLM, calib: Calibration, settings: PruneSett
     if blocks is not None and blocks.work is None:
         raise PutriError("a streamed model needs a work folder for its pruned blocks")
     weights = model_fingerprint(model) if blocks is None else blocks.fingerprint()
-    require_loaded_text(settings.reconstruct_calib, settings.reconstruct_samples, reconstruct_calib)
+    settings.require_loaded_text(reconstruct_calib)
     recon = reconstruct_calib.provenance() if reconstruct_calib is not None else None
     key = fingerprint(asdict(settings), calib.provenance(), recon, weights, model.model.embed_tokens.weight.dtype)
     store = ResumeStore(state_dir, key, resume, what="pruning run")

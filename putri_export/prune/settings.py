@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 from ..data import parse_weighted_specs
@@ -46,47 +46,71 @@ RECONSTRUCT_BATCH_HELP = ("calibration windows per Adam step of block reconstruc
 DEFAULT_RECONSTRUCT_BATCH = 2
 
 
-def names_reconstruction_text(calib: str | None, samples: int | None) -> bool:
-    """Whether block reconstruction is given its own text or window count (else it reads the pruning calibration)."""
-    return calib is not None or samples is not None
+RECONSTRUCTION = "block reconstruction"  # the --help group of its flags
 
 
-def check_reconstruction(epochs: int, calib: str | None, samples: int | None, lr: float | None = None,
-                         batch: int | None = None) -> None:
-    """Block reconstruction's settings (prune, search and run): epochs >= 0, a positive learning rate and step size
-    (where the caller has them), and its own text refused where there is no reconstruction to read it, or
-    malformed."""
-    if epochs < 0:
-        raise PutriError(f"reconstruct-epochs must be >= 0, got {epochs}")
-    if lr is not None and lr <= 0:
-        raise PutriError(f"reconstruct-lr must be > 0, got {lr}")
-    if batch is not None and batch < 1:
-        raise PutriError(f"reconstruct-batch must be >= 1, got {batch}")
-    if names_reconstruction_text(calib, samples) and epochs <= 0:
-        raise PutriError("--reconstruct-calib and --reconstruct-samples choose the text of block reconstruction: "
-                         "give --reconstruct-epochs N (N >= 1) too")
-    if samples is not None and samples < 1:
-        raise PutriError(f"reconstruct-samples must be >= 1, got {samples}")
-    if calib is not None:
-        parse_weighted_specs(calib)
+@dataclass
+class ReconstructionSettings:
+    """Block reconstruction's settings, declared once: prune's, search's and run's settings inherit these fields
+    (and so their flags, listed under one heading in ``--help``) and this check."""
 
+    reconstruct_epochs: int = option(0, "train each pruned block's kept weights for this many passes over its text to "
+                                     "reproduce the dense block's output (keeps a dense copy in memory, so not for a "
+                                     "streamed model; prune: the Putri methods)", group=RECONSTRUCTION)
+    # SmolLM2-135M putri-dense-fit 0.5: 4 epochs at 1e-4 moved the mean block error 0.0224 -> 0.0220; 2 epochs at 1e-3
+    # took the whole-set perplexities 1.07x/0.79x -> 0.95x/0.75x the paper preset's (results/quality)
+    reconstruct_lr: float = option(DEFAULT_RECONSTRUCT_LR, RECONSTRUCT_LR_HELP, group=RECONSTRUCTION)
+    reconstruct_batch: int = option(DEFAULT_RECONSTRUCT_BATCH, RECONSTRUCT_BATCH_HELP, group=RECONSTRUCTION)
+    reconstruct_calib: str | None = option(None, RECONSTRUCT_CALIB_HELP, group=RECONSTRUCTION)
+    reconstruct_samples: int | None = option(None, RECONSTRUCT_SAMPLES_HELP, group=RECONSTRUCTION)
 
-def load_reconstruction_text(tokenizer, calib: str | None, samples: int | None, default_calib: str,
-                             default_samples: int, seq_len: int) -> Calibration | None:
-    """The windows block reconstruction trains on where a text or a window count is named for it (the other as the
-    pruning calibration's), loaded as a :class:`~putri_export.data.Calibration`; None: the pruning calibration."""
-    if not names_reconstruction_text(calib, samples):
-        return None
-    from ..data import load_calibration
+    def names_reconstruction_text(self) -> bool:
+        """Whether block reconstruction is given its own text or window count (else it reads the pruning
+        calibration)."""
+        return self.reconstruct_calib is not None or self.reconstruct_samples is not None
 
-    return load_calibration(tokenizer, calib or default_calib, samples or default_samples, seq_len)
+    def reconstruction(self, epochs: int | None = None) -> ReconstructionSettings:
+        """These settings alone (``epochs``: instead of ``reconstruct_epochs``), to hand to the reconstruction or
+        to another command's settings (``PruneSettings(**vars(r))``)."""
+        values = {f.name: getattr(self, f.name) for f in fields(ReconstructionSettings)}
+        return ReconstructionSettings(**{**values, **({} if epochs is None else {"reconstruct_epochs": epochs})})
 
+    def check_reconstruction(self, epochs: int | None = None) -> None:
+        """Epochs >= 0 (``epochs``: the value the caller will use, where the field may be unset), a positive
+        learning rate and step size, and its own text refused where there is no reconstruction to read it, or
+        malformed."""
+        epochs = self.reconstruct_epochs if epochs is None else epochs
+        if epochs < 0:
+            raise PutriError(f"reconstruct-epochs must be >= 0, got {epochs}")
+        if self.reconstruct_lr <= 0:
+            raise PutriError(f"reconstruct-lr must be > 0, got {self.reconstruct_lr}")
+        if self.reconstruct_batch < 1:
+            raise PutriError(f"reconstruct-batch must be >= 1, got {self.reconstruct_batch}")
+        if self.names_reconstruction_text() and epochs <= 0:
+            raise PutriError("--reconstruct-calib and --reconstruct-samples choose the text of block reconstruction: "
+                             "give --reconstruct-epochs N (N >= 1) too")
+        if self.reconstruct_samples is not None and self.reconstruct_samples < 1:
+            raise PutriError(f"reconstruct-samples must be >= 1, got {self.reconstruct_samples}")
+        if self.reconstruct_calib is not None:
+            parse_weighted_specs(self.reconstruct_calib)
 
-def require_loaded_text(calib: str | None, samples: int | None, loaded: object | None) -> None:
-    """A job whose settings name a reconstruction text must be given it loaded (it holds no tokenizer)."""
-    if names_reconstruction_text(calib, samples) and loaded is None:
-        raise PutriError("the settings name a text for block reconstruction: pass it loaded as reconstruct_calib "
-                         "(load_reconstruction_text)")
+    def load_reconstruction_text(self, tokenizer, default_calib: str, default_samples: int,
+                                 seq_len: int) -> Calibration | None:
+        """The windows block reconstruction trains on where a text or a window count is named for it (the other as
+        the pruning calibration's), loaded as a :class:`~putri_export.data.Calibration`; None: the pruning
+        calibration."""
+        if not self.names_reconstruction_text():
+            return None
+        from ..data import load_calibration
+
+        return load_calibration(tokenizer, self.reconstruct_calib or default_calib,
+                                self.reconstruct_samples or default_samples, seq_len)
+
+    def require_loaded_text(self, loaded: object | None) -> None:
+        """A job whose settings name a reconstruction text must be given it loaded (it holds no tokenizer)."""
+        if self.names_reconstruction_text() and loaded is None:
+            raise PutriError("the settings name a text for block reconstruction: pass it loaded as reconstruct_calib "
+                             "(load_reconstruction_text)")
 
 
 def check_sparsity(sparsity: float) -> None:
@@ -95,8 +119,9 @@ def check_sparsity(sparsity: float) -> None:
 
 
 @dataclass
-class PruneSettings:
-    """Every setting of ``putri-export prune`` (the CLI's flags are these fields)."""
+class PruneSettings(ReconstructionSettings):
+    """Every setting of ``putri-export prune`` (the CLI's flags are these fields; block reconstruction's are
+    inherited)."""
 
     method: str = option("putri", "pruning method", choices=METHOD_NAMES)
     sparsity: float = option(0.5, "fraction of block parameters to remove, [0, 1)")
@@ -120,14 +145,6 @@ class PruneSettings:
                                     "the layer's own output on the pruned stream (the paper); dense = the dense "
                                     "model's output, so each layer absorbs the error of the blocks before it "
                                     "(default: the method's preset)", choices=FIT_TARGETS)
-    reconstruct_epochs: int = option(0, "block reconstruction: train each pruned block's kept weights for this many "
-                                     "passes over the calibration set to reproduce the dense block's output (Putri)")
-    # SmolLM2-135M putri-dense-fit 0.5: 4 epochs at 1e-4 moved the mean block error 0.0224 -> 0.0220; 2 epochs at 1e-3
-    # took the whole-set perplexities 1.07x/0.79x -> 0.95x/0.75x the paper preset's (results/quality)
-    reconstruct_lr: float = option(DEFAULT_RECONSTRUCT_LR, RECONSTRUCT_LR_HELP)
-    reconstruct_batch: int = option(DEFAULT_RECONSTRUCT_BATCH, RECONSTRUCT_BATCH_HELP)
-    reconstruct_calib: str | None = option(None, RECONSTRUCT_CALIB_HELP)
-    reconstruct_samples: int | None = option(None, RECONSTRUCT_SAMPLES_HELP)
     final_refit: bool | None = option(None, "after the heads are removed, refit each FFN's down_proj once more on "
                                       "the final pruned stream (default: the method's preset)")
     batch_size: int = option(8, "calibration samples per forward")
@@ -149,8 +166,7 @@ class PruneSettings:
             raise PutriError("damping must be >= 0")
         if self.align < 1:
             raise PutriError(f"align must be >= 1, got {self.align}")
-        check_reconstruction(self.reconstruct_epochs, self.reconstruct_calib, self.reconstruct_samples,
-                             self.reconstruct_lr, self.reconstruct_batch)
+        self.check_reconstruction()
         if self.reconstruct_epochs and self.method not in PUTRI_METHODS:
             raise PutriError(f"--reconstruct-epochs is a stage of the Putri methods ({', '.join(PUTRI_METHODS)}); "
                              f"{self.method} has none")

@@ -13,6 +13,7 @@ from ..errors import PutriError
 from ..model import PutriForCausalLM, keep_ffn_neurons, keep_kv_groups, layer_group_channels
 from .context import PruneContext
 from .obs import LinearPruner
+from .settings import ReconstructionSettings
 from .stream import BlockRunner, ChannelMask, DenseStream, Visitor, batches, capture_inputs, inputs_of, sequential
 
 # ---------------------------------------------------------------------------------------------
@@ -305,12 +306,13 @@ def train_block(runner: BlockRunner, layer: torch.nn.Module, x: torch.Tensor, ta
             p.requires_grad_(False)
 
 
-def reconstruct_blocks(runner: BlockRunner, ids: torch.Tensor, dense: DenseStream, epochs: int, lr: float,
-                       step_samples: int, progress: bool = True) -> list[dict]:
+def reconstruct_blocks(runner: BlockRunner, ids: torch.Tensor, dense: DenseStream, settings: ReconstructionSettings,
+                       progress: bool = True) -> list[dict]:
     """Block reconstruction: block by block, every kept weight of the pruned block (projections and norms) is trained
     (:func:`train_block`) so that the block's output on the *pruned* stream matches the dense model's block output on
     the dense stream; the stream then advances through the trained block. Memory: one block's gradients and Adam
-    state beside the two streams. Used by Putri's last stage, the search's final pruning and tools/reconstruct.py."""
+    state beside the two streams; epochs, learning rate and windows per step from ``settings``. Used by Putri's last
+    stage, the search's final pruning and tools/reconstruct.py."""
     x = runner.embed(ids)
     generator = torch.Generator().manual_seed(0)
     log: list[dict] = []
@@ -318,7 +320,8 @@ def reconstruct_blocks(runner: BlockRunner, ids: torch.Tensor, dense: DenseStrea
         layer = runner.layers[l]
         y_dense = dense.step(l)[1]
         before = relative_error(runner.block(layer, x), y_dense)
-        train_block(runner, layer, x, y_dense, epochs, lr, step_samples, generator)
+        train_block(runner, layer, x, y_dense, settings.reconstruct_epochs, settings.reconstruct_lr,
+                    settings.reconstruct_batch, generator)
         x_next = runner.block(layer, x)  # the "after" error and the next block's input: one forward
         log.append({"layer": l, "relative_error_before": before,
                     "relative_error_after": relative_error(x_next, y_dense)})
@@ -332,7 +335,7 @@ def mean_block_errors(log: list[dict]) -> dict[str, float]:
 
 
 def reconstruct_model(model: PutriForCausalLM, dense_model: PutriForCausalLM, ids: torch.Tensor, batch_size: int,
-                      epochs: int, lr: float, step_samples: int, progress: bool = True) -> list[dict]:
+                      settings: ReconstructionSettings, progress: bool = True) -> list[dict]:
     """:func:`reconstruct_blocks` of a pruned model held whole in memory against a frozen dense copy."""
-    return reconstruct_blocks(BlockRunner(model, batch_size), ids, DenseStream(dense_model, ids, batch_size), epochs,
-                              lr, step_samples, progress)
+    return reconstruct_blocks(BlockRunner(model, batch_size), ids, DenseStream(dense_model, ids, batch_size),
+                              settings, progress)

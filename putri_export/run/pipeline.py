@@ -119,7 +119,6 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
     from ..data import load_calibration
     from ..model import Widths
     from ..model.blocks import open_model, save_model
-    from ..prune.settings import load_reconstruction_text
 
     _say(f"pruning {recipe.model} to block sparsity {recipe.sparsity}" + (" with search" if recipe.search else ""))
     # Pruning and the search stream when the model is large.
@@ -128,11 +127,8 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
     dense_widths = Widths.from_config(model.config)
     calib = load_calibration(tokenizer, recipe.calib, recipe.calib_samples, recipe.calib_len)
     epochs = recipe.reconstruction_epochs(streamed=blocks is not None)
-    reconstruct_calib = load_reconstruction_text(tokenizer, recipe.reconstruct_calib, recipe.reconstruct_samples,
-                                                 recipe.calib, recipe.calib_samples, recipe.calib_len)
-    reconstruction = {"reconstruct_epochs": epochs, "reconstruct_lr": recipe.reconstruct_lr,
-                      "reconstruct_batch": recipe.reconstruct_batch,
-                      "reconstruct_calib": recipe.reconstruct_calib, "reconstruct_samples": recipe.reconstruct_samples}
+    reconstruct_calib = recipe.load_reconstruction_text(tokenizer, recipe.calib, recipe.calib_samples, recipe.calib_len)
+    reconstruction = asdict(recipe.reconstruction(epochs))  # handed to prune's or search's settings as they are
     if out.exists():
         shutil.rmtree(out)
     if recipe.search:

@@ -13,25 +13,16 @@ from ..export import FORMATS, QUANTIZATIONS
 from ..export.formats import ALL_GGUF_TYPES, ONNX_ATTENTIONS
 from ..options import option
 from ..prune import check_sparsity
-from ..prune.settings import (
-    DEFAULT_RECONSTRUCT_BATCH,
-    DEFAULT_RECONSTRUCT_LR,
-    PUTRI_METHODS,
-    RECONSTRUCT_BATCH_HELP,
-    RECONSTRUCT_CALIB_HELP,
-    RECONSTRUCT_LR_HELP,
-    RECONSTRUCT_SAMPLES_HELP,
-    check_reconstruction,
-    names_reconstruction_text,
-)
+from ..prune.settings import PUTRI_METHODS, RECONSTRUCTION, ReconstructionSettings
 
 # run's default reconstruction (a model held in memory): the paper preset plus these epochs is run's default route
 DEFAULT_RECONSTRUCT_EPOCHS = 2
 
 
 @dataclass
-class Recipe:
-    """Every setting of ``putri-export run`` (flags and recipe-file keys are these fields)."""
+class Recipe(ReconstructionSettings):
+    """Every setting of ``putri-export run`` (flags and recipe-file keys are these fields; block reconstruction's
+    are inherited, its epochs with run's default)."""
 
     model: str = option("smollm2-135m", "HF folder or built-in name")
     sparsity: float = option(0.5, "fraction of block parameters to remove, [0, 1)")
@@ -43,11 +34,7 @@ class Recipe:
         None, "block reconstruction after pruning (prune/search --reconstruct-epochs): each pruned block's kept "
         f"weights trained to the dense block's output. Default: {DEFAULT_RECONSTRUCT_EPOCHS} for a model held in "
         "memory (SmolLM2-135M Putri 0.5: 0.75x/0.70x the paper preset's whole-set perplexities, +6 min), 0 for a "
-        "streamed one (it runs a dense copy beside the pruned blocks)")
-    reconstruct_lr: float = option(DEFAULT_RECONSTRUCT_LR, RECONSTRUCT_LR_HELP)
-    reconstruct_batch: int = option(DEFAULT_RECONSTRUCT_BATCH, RECONSTRUCT_BATCH_HELP)
-    reconstruct_calib: str | None = option(None, RECONSTRUCT_CALIB_HELP)
-    reconstruct_samples: int | None = option(None, RECONSTRUCT_SAMPLES_HELP)
+        "streamed one (it runs a dense copy beside the pruned blocks)", group=RECONSTRUCTION)
     search: bool = option(False, "Týr-style search of per-layer widths, started from Putri's greedy allocation "
                           "(putri-export search; SmolLM2-135M 0.5: 0.79x/0.86x the paper preset's whole-set "
                           "perplexities, one Putri prune + 47 min here)")
@@ -100,8 +87,7 @@ class Recipe:
         if self.eval_windows < 1 or self.verify_windows < 1 or self.seq_len < 16:
             raise PutriError("eval-windows and verify-windows must be >= 1 and seq-len >= 16")
         parse_weighted_specs(self.calib)
-        check_reconstruction(self.reconstruction_epochs(streamed=False), self.reconstruct_calib,
-                             self.reconstruct_samples, self.reconstruct_lr, self.reconstruct_batch)
+        self.check_reconstruction(self.reconstruction_epochs(streamed=False))
         if self.recover:
             from ..recover import RecoverSettings
 
@@ -118,8 +104,7 @@ class Recipe:
         a reconstruction text is named: then prune says why a streamed model cannot)."""
         if self.reconstruct_epochs is not None:
             return self.reconstruct_epochs
-        named = names_reconstruction_text(self.reconstruct_calib, self.reconstruct_samples)
-        return 0 if streamed and not named else DEFAULT_RECONSTRUCT_EPOCHS
+        return 0 if streamed and not self.names_reconstruction_text() else DEFAULT_RECONSTRUCT_EPOCHS
 
     def recover_settings(self):
         from ..recover import RecoverSettings

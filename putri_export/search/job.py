@@ -16,7 +16,6 @@ from ..data import Calibration
 from ..errors import PutriError
 from ..model import PutriForCausalLM, Widths, achieved, param_counts
 from ..model.blocks import BlockStore
-from ..prune.settings import require_loaded_text
 from ..prune.stages import reconstruct_model
 from ..prune.stream import BlockRunner, require_whole_model
 from .evolve import SearchResult, search
@@ -73,7 +72,7 @@ def search_and_prune(model: PutriForCausalLM, calib: Calibration, settings: Sear
         raise PutriError("a streamed model needs a work folder for its pruned blocks")
     if settings.reconstruct_epochs:
         require_whole_model(blocks, "--reconstruct-epochs", "no reconstruction")
-    require_loaded_text(settings.reconstruct_calib, settings.reconstruct_samples, reconstruct_calib)
+    settings.require_loaded_text(reconstruct_calib)
     # block reconstruction fits the pruned blocks to the dense ones: a frozen copy, taken before any change
     dense_copy = copy.deepcopy(model) if settings.reconstruct_epochs else None
     start = time.perf_counter()
@@ -119,9 +118,8 @@ def search_and_prune(model: PutriForCausalLM, calib: Calibration, settings: Sear
         if reconstruct_calib is not None:
             report["reconstruction_calibration"] = reconstruct_calib.provenance()
         with torch.no_grad():
-            report["reconstruction"] = reconstruct_model(model, dense_copy, text.ids, settings.batch_size,
-                                                         settings.reconstruct_epochs, settings.reconstruct_lr,
-                                                         settings.reconstruct_batch, progress)
+            report["reconstruction"] = reconstruct_model(model, dense_copy, text.ids, settings.batch_size, settings,
+                                                         progress)
         del dense_copy
         if result is not None:
             report["final_kl"]["after_reconstruction"] = result.fitness.model_kl(model, last)

@@ -7,23 +7,15 @@ from pathlib import Path
 
 from ..errors import PutriError
 from ..options import option
-from ..prune.settings import (
-    DEFAULT_RECONSTRUCT_BATCH,
-    DEFAULT_RECONSTRUCT_LR,
-    RECONSTRUCT_BATCH_HELP,
-    RECONSTRUCT_CALIB_HELP,
-    RECONSTRUCT_LR_HELP,
-    RECONSTRUCT_SAMPLES_HELP,
-    check_reconstruction,
-    check_sparsity,
-)
+from ..prune.settings import ReconstructionSettings, check_sparsity
 
 START_NAMES = ("auto", "greedy", "uniform")
 
 
 @dataclass
-class SearchSettings:
-    """Every setting of ``putri-export search`` (the CLI's flags are these fields)."""
+class SearchSettings(ReconstructionSettings):
+    """Every setting of ``putri-export search`` (the CLI's flags are these fields; block reconstruction's, applied
+    after the final pruning, are inherited)."""
 
     sparsity: float = option(0.5, "fraction of block parameters to remove, [0, 1)")
     alpha: float = option(1.5, "attention/FFN budget split of the uniform start (with --no-trade the search keeps "
@@ -50,13 +42,6 @@ class SearchSettings:
     damping: float = option(1e-2, "relative Hessian damping for OBS scores")
     batch_size: int = option(8, "calibration samples per forward")
     seed: int = option(0, "random seed of the mutations")
-    reconstruct_epochs: int = option(0, "block reconstruction after the final pruning (prune "
-                                     "--reconstruct-epochs: each block's kept weights trained to the dense block's "
-                                     "output; a dense copy is kept in memory, so not for a streamed model)")
-    reconstruct_lr: float = option(DEFAULT_RECONSTRUCT_LR, RECONSTRUCT_LR_HELP)
-    reconstruct_batch: int = option(DEFAULT_RECONSTRUCT_BATCH, RECONSTRUCT_BATCH_HELP)
-    reconstruct_calib: str | None = option(None, RECONSTRUCT_CALIB_HELP)
-    reconstruct_samples: int | None = option(None, RECONSTRUCT_SAMPLES_HELP)
     align: int = option(1, "kept FFN widths in multiples of N (levels, moves and the budget repair), the target "
                         "still met")
 
@@ -82,5 +67,4 @@ class SearchSettings:
         if self.start not in START_NAMES and not Path(self.start).exists():
             raise PutriError(f"--start {self.start!r}: no such file or folder (accepted: {', '.join(START_NAMES)}, a "
                              "pruned checkpoint folder, or its widths.json / pruning_report.json)")
-        check_reconstruction(self.reconstruct_epochs, self.reconstruct_calib, self.reconstruct_samples,
-                             self.reconstruct_lr, self.reconstruct_batch)
+        self.check_reconstruction()

@@ -189,14 +189,11 @@ def test_block_reconstruction_lowers_each_blocks_error_and_the_perplexity(storie
 def test_block_reconstruction_trains_on_its_own_text_when_one_is_named(stories_dir, stories, calib):
     """``--reconstruct-calib`` / ``--reconstruct-samples``: the pruning reads its calibration as before, the
     reconstruction reads the named windows (recorded in the report), and they change what it learns."""
-    from putri_export.prune.settings import load_reconstruction_text
-
     settings = {"sparsity": 0.5, "reconstruct_epochs": 1}
     named = {"reconstruct_calib": "tinystories:train-2mib", "reconstruct_samples": 2 * SAMPLES}
-    text = load_reconstruction_text(stories[1], named["reconstruct_calib"], named["reconstruct_samples"], CALIB,
-                                    SAMPLES, LENGTH)
+    text = PruneSettings(**settings, **named).load_reconstruction_text(stories[1], CALIB, SAMPLES, LENGTH)
     assert text.ids.shape == (2 * SAMPLES, LENGTH)  # the 2 MiB head starts where tinystories:train does: 8 more
-    assert load_reconstruction_text(stories[1], None, None, CALIB, SAMPLES, LENGTH) is None
+    assert PruneSettings(**settings).load_reconstruction_text(stories[1], CALIB, SAMPLES, LENGTH) is None
     models, reports = [], []
     for extra, loaded in (({}, None), (named, text)):
         model = fresh_stories(stories_dir)

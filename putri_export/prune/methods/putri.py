@@ -113,8 +113,7 @@ def prune(ctx: PruneContext) -> dict:
     reconstruction = []
     if s.reconstruct_epochs and pruned:
         ids = (ctx.reconstruct_calib or ctx.calib).ids
-        reconstruction = reconstruct_blocks(ctx.runner, ids, DenseStream(dense_model, ids, s.batch_size),
-                                            s.reconstruct_epochs, s.reconstruct_lr, s.reconstruct_batch,
+        reconstruction = reconstruct_blocks(ctx.runner, ids, DenseStream(dense_model, ids, s.batch_size), s,
                                             ctx.progress)
     return {"budget": asdict(budget), "attention_scoring": scoring, "ffn": ffn_log, "attention_rounds": rounds,
             "attention": attn_log, "final_refit": refit_log, "reconstruction": reconstruction,
