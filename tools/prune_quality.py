@@ -24,6 +24,7 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -51,9 +52,8 @@ def _settings(args, method: str, sparsity: float) -> PruneSettings:
     if method == RUN_DEFAULT:
         # Taken from run's own recipe so the cell follows run's defaults if they change.
         recipe = Recipe(model=args.model, sparsity=sparsity)
-        return PruneSettings(method=recipe.method, align=recipe.align,
-                             reconstruct_epochs=recipe.reconstruction_epochs(streamed=False),
-                             reconstruct_lr=recipe.reconstruct_lr, reconstruct_batch=recipe.reconstruct_batch, **common)
+        reconstruction = recipe.reconstruction(recipe.reconstruction_epochs(streamed=False))
+        return PruneSettings(method=recipe.method, align=recipe.align, **asdict(reconstruction), **common)
     return PruneSettings(method=method, **common)
 
 
@@ -62,15 +62,17 @@ def _cell_settings(s: PruneSettings) -> dict:
     change)."""
     record = {"method": s.method, "align": s.align, "reconstruct_epochs": s.reconstruct_epochs}
     if s.reconstruct_epochs:
-        record |= {"reconstruct_lr": s.reconstruct_lr, "reconstruct_batch": s.reconstruct_batch}
+        record |= asdict(s.reconstruction())  # all of block reconstruction's settings, its text included
     return record
 
 
 def _describe_run_default(args) -> str:
     s = _settings(args, RUN_DEFAULT, 0.5)
+    text = (f"{s.reconstruct_samples or args.calib_samples} windows of {s.reconstruct_calib or args.calib}"
+            if s.names_reconstruction_text() else "the calibration windows")
     return (f"{s.method} with FFN widths aligned to multiples of {s.align}, then {s.reconstruct_epochs} epochs of "
-            f"block reconstruction at lr {s.reconstruct_lr:g}, {s.reconstruct_batch} windows per step (its time is in "
-            "the pruning time)")
+            f"block reconstruction on {text} at lr {s.reconstruct_lr:g}, {s.reconstruct_batch} windows per step (its "
+            "time is in the pruning time)")
 
 
 def _evaluate(model, eval_ids: dict, args) -> dict:
@@ -99,7 +101,9 @@ def run_cells(args, eval_ids: dict, cells: Path) -> None:
             calib = load_calibration(tokenizer, args.calib, args.calib_samples, args.calib_len)
             settings = _settings(args, method, sparsity)
             report = prune_model(model, calib, settings,
-                                 state_dir=args.out / "state" / path.stem, resume=True, dense_cache=dense_cache)
+                                 state_dir=args.out / "state" / path.stem, resume=True, dense_cache=dense_cache,
+                                 reconstruct_calib=settings.load_reconstruction_text(
+                                     tokenizer, args.calib, args.calib_samples, args.calib_len))
             record.update({k: report[k] for k in ("sparsity_blocks", "sparsity_total", "params_blocks",
                                                   "params_total", "prune_seconds", "widths")})
             record["settings"] = _cell_settings(settings)

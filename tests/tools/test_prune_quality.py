@@ -30,7 +30,9 @@ def test_run_default_cells_follow_runs_recipe_and_reconstruct(stories_dir, tmp_p
     assert default["settings"] == {"method": recipe.method, "align": recipe.align,
                                    "reconstruct_epochs": recipe.reconstruction_epochs(streamed=False),
                                    "reconstruct_lr": recipe.reconstruct_lr,
-                                   "reconstruct_batch": recipe.reconstruct_batch}
+                                   "reconstruct_batch": recipe.reconstruct_batch,
+                                   "reconstruct_calib": recipe.reconstruct_calib,
+                                   "reconstruct_samples": recipe.reconstruct_samples}
     assert default["settings"]["reconstruct_epochs"] > 0
     error = default["reconstruction_block_error"]
     assert error["after"] < error["before"]
