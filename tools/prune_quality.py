@@ -2,6 +2,7 @@
 
     python tools/prune_quality.py                       # the full table on SmolLM2-135M
     python tools/prune_quality.py --refit-study 0.5     # Putri with vs without o_proj refit (held-out text)
+    python tools/prune_quality.py --table-only          # the table again from the cells present
 
 Methods are the pruning methods plus `run-default`: what `putri-export run` prunes with by default (the paper's
 Putri, FFN widths aligned as run aligns them, then block reconstruction), so the table shows the default route
@@ -130,6 +131,9 @@ def write_table(args, cells: Path, command: str) -> None:
     sparsities = sorted({r["sparsity_target"] for r in pruned})
     methods = [m for m in CELL_METHODS if any(r["method"] == m for r in pruned)]
     by = {(r["method"], r["sparsity_target"]): r for r in pruned}
+    # run-default cells made under earlier defaults (kept until a rerun redoes them) are marked, not mixed in silently
+    stale = {(m, s): r["settings"] for (m, s), r in by.items()
+             if m == RUN_DEFAULT and r.get("settings") != _cell_settings(_settings(args, RUN_DEFAULT, s))}
 
     with open(args.out / "table.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -163,9 +167,12 @@ def write_table(args, cells: Path, command: str) -> None:
                     continue
                 best = min(by[(x, s)]["perplexity"][corpus] for x in methods if (x, s) in by)
                 v = r["perplexity"][corpus]
-                row.append(f"**{v:.2f}**" if v == best else f"{v:.2f}")
+                row.append((f"**{v:.2f}**" if v == best else f"{v:.2f}") + ("†" if (m, s) in stale else ""))
             lines.append(f"| {m} | " + " | ".join(row) + " |")
         lines.append("")
+    if stale:
+        made = sorted({json.dumps(v, sort_keys=True) for v in stale.values()})
+        lines += [f"† made with run's earlier default ({'; '.join(made)}), not yet redone: rerun the command.", ""]
     lines += ["## Achieved block sparsity and pruning time", "",
               "| method | " + " | ".join(f"{s:.1f}" for s in sparsities) + " |",
               "|---|" + "---:|" * len(sparsities)]
@@ -244,6 +251,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("results/pruning"))
     p.add_argument("--refit-study", type=float, metavar="SPARSITY")
+    p.add_argument("--table-only", action="store_true", help="rewrite the table from the cells present, prune nothing "
+                   "(give the flags the cells were made with: the table's text describes them)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -253,9 +262,13 @@ def main() -> None:
         return
     cells = args.out / "cells"
     cells.mkdir(exist_ok=True)
+    command = "python " + " ".join(shlex.quote(a) for a in ["tools/prune_quality.py", *sys.argv[1:]]
+                                   if a != "--table-only")
+    if args.table_only:
+        write_table(args, cells, command)
+        return
     _, tokenizer = load_model(args.model)
     eval_ids = {name: tokenize_corpus(tokenizer, load_corpus(spec)) for name, spec in EVAL.items()}
-    command = "python " + " ".join(shlex.quote(a) for a in ["tools/prune_quality.py", *sys.argv[1:]])
     try:
         run_cells(args, eval_ids, cells)
     finally:

@@ -41,7 +41,12 @@ def test_run_default_cells_follow_runs_recipe_and_reconstruct(stories_dir, tmp_p
     assert "| run-default |" in table and "| putri |" in table and "block reconstruction" in table
     # a run-default cell made under other defaults is redone, the paper preset's kept
     cell.write_text(json.dumps({**default, "settings": {**default["settings"], "reconstruct_batch": 8}}))
+    write = [sys.executable, str(TOOL), "--model", str(stories_dir), "--out", str(out), "--table-only"]
+    subprocess.run(write, check=True, capture_output=True, timeout=300)  # the table marks it until it is redone
+    table = (out / "table.md").read_text()
+    assert table.count("†") == 3 and '"reconstruct_batch": 8' in table, table
     proc = _table(stories_dir, out)
     assert "run-default-0.50.json was made with other settings" in proc.stdout
     assert "putri-0.50.json was made" not in proc.stdout
     assert json.loads(cell.read_text())["settings"] == default["settings"]
+    assert "†" not in (out / "table.md").read_text()
