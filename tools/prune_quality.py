@@ -52,8 +52,8 @@ def _settings(args, method: str, sparsity: float) -> PruneSettings:
               "attn_len": args.attn_len}
     if method == RUN_DEFAULT:
         # Taken from run's own recipe so the cell follows run's defaults if they change.
-        recipe = Recipe(model=args.model, sparsity=sparsity)
-        reconstruction = recipe.reconstruction(recipe.reconstruction_epochs(streamed=False))
+        recipe = Recipe(model=args.model, sparsity=sparsity, calib=args.calib)
+        reconstruction = recipe.run_reconstruction(streamed=False)
         return PruneSettings(method=recipe.method, align=recipe.align, **asdict(reconstruction), **common)
     return PruneSettings(method=method, **common)
 

@@ -4,10 +4,10 @@ Entry points: :func:`load_corpus`, :func:`tokenize_corpus`, :func:`windows`, :fu
 """
 
 from .._lazy import lazy_exports
-from .corpus import DEFAULT_CALIBRATION, Corpus, load_corpus, parse_weighted_specs
+from .corpus import DEFAULT_CALIBRATION, RAW_CALIBRATION, Corpus, load_corpus, parse_weighted_specs
 
 __getattr__ = lazy_exports(__name__, {
     "tokenize_corpus": ".tokens", "windows": ".tokens", "load_calibration": ".calibration",
     "Calibration": ".calibration", "CalibrationSource": ".calibration"})
-__all__ = ["DEFAULT_CALIBRATION", "Calibration", "CalibrationSource", "Corpus", "load_calibration", "load_corpus",
-           "parse_weighted_specs", "tokenize_corpus", "windows"]
+__all__ = ["DEFAULT_CALIBRATION", "RAW_CALIBRATION", "Calibration", "CalibrationSource", "Corpus", "load_calibration",
+           "load_corpus", "parse_weighted_specs", "tokenize_corpus", "windows"]

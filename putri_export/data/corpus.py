@@ -32,6 +32,9 @@ LOCAL_SUFFIXES = {".txt": "text", ".raw": "text", ".jsonl": "json", ".json": "js
 DOC_SEPARATOR = "\n\n"
 # Calibration by default: never the evaluated splits (WikiText-2 raw test, TinyStories validation).
 DEFAULT_CALIBRATION = "wikitext2:valid,tinystories:train"
+# The same two corpora as raw text: WikiText-2 validation without the tokenized split's literal <unk>, and a 2 MiB
+# TinyStories head (run's default reconstruction reads it; the paper preset keeps DEFAULT_CALIBRATION).
+RAW_CALIBRATION = "wikitext2:valid-raw,tinystories:train-2mib"
 
 
 @dataclass(frozen=True)

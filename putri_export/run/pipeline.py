@@ -126,9 +126,10 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
     model, tokenizer, _, blocks = open_model(dense_dir, compute, work=out.parent / "prune-blocks")
     dense_widths = Widths.from_config(model.config)
     calib = load_calibration(tokenizer, recipe.calib, recipe.calib_samples, recipe.calib_len)
-    epochs = recipe.reconstruction_epochs(streamed=blocks is not None)
-    reconstruct_calib = recipe.load_reconstruction_text(tokenizer, recipe.calib, recipe.calib_samples, recipe.calib_len)
-    reconstruction = asdict(recipe.reconstruction(epochs))  # handed to prune's or search's settings as they are
+    run_reconstruction = recipe.run_reconstruction(streamed=blocks is not None)
+    reconstruct_calib = run_reconstruction.load_reconstruction_text(tokenizer, recipe.calib, recipe.calib_samples,
+                                                                    recipe.calib_len)
+    reconstruction = asdict(run_reconstruction)  # handed to prune's or search's settings as they are
     if out.exists():
         shutil.rmtree(out)
     if recipe.search:
@@ -151,7 +152,9 @@ def _prune(recipe: Recipe, dense_dir: Path, out: Path) -> dict:
     keys = ("method", "params_blocks", "params_total", "dense_params_blocks", "dense_params_total",
             "sparsity_blocks", "sparsity_total", "widths", "peak_rss_mb", "threads")
     return {k: report.get(k) for k in keys} | {"seconds": report.get("prune_seconds", report.get("seconds")),
-                                               "dense_widths": dense_widths.to_json(), "reconstruct_epochs": epochs}
+                                               "dense_widths": dense_widths.to_json(),
+                                               "reconstruct_epochs": run_reconstruction.reconstruct_epochs,
+                                               "reconstruct_calib": run_reconstruction.reconstruct_calib}
 
 
 def _recover(recipe: Recipe, dense_dir: Path, pruned_dir: Path, out: Path) -> dict:

@@ -62,7 +62,8 @@ def _summary(report: dict) -> list[str]:
 
 def _reconstruction(prune: dict) -> str:
     epochs = prune.get("reconstruct_epochs")
-    return f" + block reconstruction ({epochs} epoch{'s' * (epochs > 1)})" if epochs else ""
+    text = f" on {prune['reconstruct_calib']}" if prune.get("reconstruct_calib") else ""
+    return f" + block reconstruction ({epochs} epoch{'s' * (epochs > 1)}{text})" if epochs else ""
 
 
 def _recovery(prune: dict) -> list[str]:

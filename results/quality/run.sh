@@ -104,9 +104,16 @@ reconstruct search-widths-rec2-raw64-b2-lr2e-3 search-widths wikitext2:valid-raw
   --lr 2e-3
 reconstruct search-widths-rec2-raw64-b2-lr3e-3 search-widths wikitext2:valid-raw,tinystories:train-2mib --batch 2 \
   --lr 3e-3
+# Stop 36: the epochs and the text of run's default reconstruction (2 windows per step, lr 1e-3): 2 and 4 epochs on
+# the raw text of the default calibration's corpora (64 windows, 32 + 32), 4 on the pruning windows. putri-rec4-b2-raw
+# is run's default since stop 36.
+RAW2=wikitext2:valid-raw,tinystories:train-2mib
+reconstruct putri-rec2-b2-raw putri $RAW2 --batch 2
+reconstruct putri-rec4-b2 putri $PT --batch 2 --epochs 4
+reconstruct putri-rec4-b2-raw putri $RAW2 --batch 2 --epochs 4
 for m in putri-rec2 putri-rec2-lr3e-3 putri-rec2-b2 putri-rec2-b2-lr2e-3 putri-rec2-b2-lr3e-3 putri-rec2-b2-lr5e-3 \
     putri-rec2-b1 putri-rec2-b1-lr3e-3 search-widths-rec2-raw64-b2 search-widths-rec2-raw64-b2-lr2e-3 \
-    search-widths-rec2-raw64-b2-lr3e-3; do
+    search-widths-rec2-raw64-b2-lr3e-3 putri-rec2-b2-raw putri-rec4-b2 putri-rec4-b2-raw; do
   for d in wikitext2 tinystories; do
     [ -f "$W/w64-$m-$d.json" ] || $P eval "$W/$m" --data $d --seq-len 512 --max-windows 64 --threads $T \
       --json "$W/w64-$m-$d.json" > /dev/null 2>&1
@@ -116,7 +123,8 @@ for m in smollm2-135m putri obs-rounds dense-target dense-target-refit dense-fit
     raw-dense-fit-rec2 dense-fit-rec2-recover dense-fit-rec2-recover-bf16 search-greedy-trade putri-rec2 search-rec2 \
     search-rec2-recover-bf16 search-rec2-recover-bf16-ts search-rec2-recover-bf16-ts2 \
     search-rec2-recover-bf16-ts2-seed1 search-rec2-raw256 search-rec8-raw64 search-widths-rec4-raw64-lr3e-3 \
-    search-widths-rec4-raw64-lr3e-3-recover search-widths-rec4-raw64-lr3e-3-recover-seed1 putri-rec2-b2; do
+    search-widths-rec4-raw64-lr3e-3-recover search-widths-rec4-raw64-lr3e-3-recover-seed1 putri-rec2-b2 \
+    putri-rec4-b2-raw; do
   src=$W/$m; [ $m = smollm2-135m ] && src=$m
   for d in wikitext2 tinystories; do
     [ -f "$W/full-$m-$d.json" ] || $P eval "$src" --data $d --seq-len 512 --threads $T --json "$W/full-$m-$d.json" \

@@ -33,7 +33,9 @@ ROWS = [("putri", "paper preset (`--method putri`)"), ("obs-rounds", "paper pres
         ("search-widths-rec4-raw64-lr3e-3-recover", "+ `recover --autocast bf16` (20 min; 2/3 TinyStories)"),
         ("search-widths-rec4-raw64-lr3e-3-recover-seed1", "the same recovery, seed 1"),
         ("putri-rec2-b2", "paper preset + block reconstruction (2 epochs, lr 1e-3, 2 windows per step; run's default "
-         "since stop 35)")]
+         "stop 35)"),
+        ("putri-rec4-b2-raw", "paper preset + block reconstruction on the raw text of the same corpora (4 epochs, lr "
+         "1e-3, 2 windows per step; run's default since stop 36)")]
 
 
 def seconds_and_rss(log: Path) -> tuple[str, str]:

@@ -9,8 +9,10 @@ import sys
 import pytest
 from helpers import assert_one_clear_error, cli, run_cli, tiny_recipe
 
+from putri_export.data import RAW_CALIBRATION
 from putri_export.errors import PutriError
 from putri_export.run import Recipe, run_pipeline
+from putri_export.run.recipe import DEFAULT_RECONSTRUCT_EPOCHS
 
 
 def test_run_writes_verified_artifacts_and_a_report(stories_dir, tmp_path):
@@ -24,7 +26,9 @@ def test_run_writes_verified_artifacts_and_a_report(stories_dir, tmp_path):
     assert all(a["parity"]["passed"] for a in report["artifacts"])
     assert all((out / a["path"]).exists() for a in report["artifacts"])
     assert abs(report["prune"]["sparsity_blocks"] - 0.5) < 0.02
-    assert report["prune"]["reconstruct_epochs"] == 2  # run's default route: the paper preset + reconstruction
+    # run's default route: the paper preset + reconstruction (on --calib: the recipe names its own)
+    assert report["prune"]["reconstruct_epochs"] == DEFAULT_RECONSTRUCT_EPOCHS
+    assert report["prune"]["reconstruct_calib"] is None
     assert len(json.loads((out / "model" / "pruning_report.json").read_text())["details"]["reconstruction"]) == 5
     # every artifact's perplexity equals its PyTorch model's (f32 paths) on the same windows
     quality = {(q["artifact"], q["which"]): q for q in report["quality"]}
@@ -35,7 +39,8 @@ def test_run_writes_verified_artifacts_and_a_report(stories_dir, tmp_path):
     assert quality[("torch fp32", "pruned")]["tinystories"] > quality[("torch fp32", "dense")]["tinystories"]
     assert set(report["bench"]) == {"torch-fp32", "gguf-f32", "onnx-none"}
     md = (out / "report.md").read_text()
-    for needle in ("Method putri + block reconstruction (2 epochs)", "## Quality", "## Speed and memory",
+    for needle in (f"Method putri + block reconstruction ({DEFAULT_RECONSTRUCT_EPOCHS} epochs)", "## Quality",
+                   "## Speed and memory",
                    "bytes-ratio limit", "putri-export serve artifacts/pruned-f32.gguf",
                    "d = 'artifacts/pruned-onnx-none'"):
         assert needle in md
@@ -133,10 +138,23 @@ def test_interrupted_run_leaves_no_output_and_resumes_without_redoing_steps(stor
 
 
 def test_run_reconstructs_by_default_unless_streamed_or_told():
-    assert Recipe().reconstruction_epochs(streamed=False) == 2
+    assert Recipe().reconstruction_epochs(streamed=False) == DEFAULT_RECONSTRUCT_EPOCHS > 0
     assert Recipe().reconstruction_epochs(streamed=True) == 0  # a streamed model holds no dense copy
     assert Recipe(reconstruct_epochs=0).reconstruction_epochs(streamed=False) == 0
     assert Recipe(reconstruct_epochs=3).reconstruction_epochs(streamed=True) == 3  # told: prune says if it cannot
+
+
+def test_run_reconstructs_the_default_calibration_as_raw_text_and_other_text_as_given():
+    """The default calibration's WikiText-2 is the tokenized split (literal <unk>): run's reconstruction reads the same
+    corpora as raw text; a --calib or --reconstruct-calib of the user's is read as given, and a streamed model gets
+    no text (no reconstruction)."""
+    assert Recipe().run_reconstruction(streamed=False).reconstruct_calib == RAW_CALIBRATION
+    assert Recipe(reconstruct_samples=128).run_reconstruction(streamed=False).reconstruct_calib == RAW_CALIBRATION
+    assert Recipe(calib="c4").run_reconstruction(streamed=False).reconstruct_calib is None  # prune reads --calib
+    assert Recipe(reconstruct_calib="c4").run_reconstruction(streamed=False).reconstruct_calib == "c4"
+    streamed = Recipe().run_reconstruction(streamed=True)
+    assert streamed.reconstruct_epochs == 0 and streamed.reconstruct_calib is None
+    assert Recipe(reconstruct_epochs=0).run_reconstruction(streamed=False).reconstruct_calib is None
 
 
 def test_run_search_starts_from_the_greedy_allocation_and_reconstructs(stories_dir, tmp_path):

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from putri_export.run import Recipe
@@ -25,14 +26,10 @@ def test_run_default_cells_follow_runs_recipe_and_reconstruct(stories_dir, tmp_p
     paper = json.loads((out / "cells" / "putri-0.50.json").read_text())
     cell = out / "cells" / "run-default-0.50.json"
     default = json.loads(cell.read_text())
-    recipe = Recipe()
+    recipe = Recipe(calib="tinystories:train")  # the calibration the table is made with
     assert paper["settings"] == {"method": "putri", "align": 1, "reconstruct_epochs": 0}
     assert default["settings"] == {"method": recipe.method, "align": recipe.align,
-                                   "reconstruct_epochs": recipe.reconstruction_epochs(streamed=False),
-                                   "reconstruct_lr": recipe.reconstruct_lr,
-                                   "reconstruct_batch": recipe.reconstruct_batch,
-                                   "reconstruct_calib": recipe.reconstruct_calib,
-                                   "reconstruct_samples": recipe.reconstruct_samples}
+                                   **asdict(recipe.run_reconstruction(streamed=False))}
     assert default["settings"]["reconstruct_epochs"] > 0
     error = default["reconstruction_block_error"]
     assert error["after"] < error["before"]
