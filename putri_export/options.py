@@ -38,7 +38,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, only: list[str] | No
     None so that :func:`given_options` returns only what the user set."""
     hints = get_type_hints(cls)
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in fields(cls):
+    # grouped fields (inherited ones come first in a dataclass) after the command's own, in usage as in --help
+    for f in sorted(fields(cls), key=lambda f: f.metadata.get("group") is not None):
         if "help" not in f.metadata or f.name in skip or (only is not None and f.name not in only):
             continue
         title = f.metadata.get("group")
