@@ -29,8 +29,9 @@ ATTN_SCORINGS = ("auto", "loss", "local")
 LOCAL_SCORING_FROM_PARAMS = 500_000_000
 
 
+# {default}: what the command reads where no text is named
 RECONSTRUCT_CALIB_HELP = ("text of block reconstruction (calibration specs, SPEC*N takes N shares; default: "
-                          "--calib). SmolLM2-135M searched at 0.5, 2 epochs on 256 windows of "
+                          "{default}). SmolLM2-135M searched at 0.5, 2 epochs on 256 windows of "
                           "wikitext2:valid-raw,tinystories:train-2mib instead of the 64 pruning windows: 0.62x/0.65x "
                           "the paper preset's whole-set perplexities instead of 0.73x/0.73x, 23 min instead of 6; 8 "
                           "epochs on 64 such windows about the same in 15 min (the steps pay; results/quality)")
@@ -61,7 +62,8 @@ class ReconstructionSettings:
     # took the whole-set perplexities 1.07x/0.79x -> 0.95x/0.75x the paper preset's (results/quality)
     reconstruct_lr: float = option(DEFAULT_RECONSTRUCT_LR, RECONSTRUCT_LR_HELP, group=RECONSTRUCTION)
     reconstruct_batch: int = option(DEFAULT_RECONSTRUCT_BATCH, RECONSTRUCT_BATCH_HELP, group=RECONSTRUCTION)
-    reconstruct_calib: str | None = option(None, RECONSTRUCT_CALIB_HELP, group=RECONSTRUCTION)
+    reconstruct_calib: str | None = option(None, RECONSTRUCT_CALIB_HELP.format(default="--calib"),
+                                           group=RECONSTRUCTION)
     reconstruct_samples: int | None = option(None, RECONSTRUCT_SAMPLES_HELP, group=RECONSTRUCTION)
 
     def names_reconstruction_text(self) -> bool:
@@ -71,7 +73,7 @@ class ReconstructionSettings:
 
     def reconstruction(self, epochs: int | None = None) -> ReconstructionSettings:
         """These settings alone (``epochs``: instead of ``reconstruct_epochs``), to hand to the reconstruction or
-        to another command's settings (``PruneSettings(**vars(r))``)."""
+        to another command's settings (``PruneSettings(**asdict(r))``)."""
         values = {f.name: getattr(self, f.name) for f in fields(ReconstructionSettings)}
         return ReconstructionSettings(**{**values, **({} if epochs is None else {"reconstruct_epochs": epochs})})
 

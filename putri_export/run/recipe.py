@@ -40,8 +40,8 @@ class Recipe(ReconstructionSettings):
         "perplexities, +9.5 min), 0 for a streamed one (it runs a dense copy beside the pruned blocks)",
         group=RECONSTRUCTION)
     reconstruct_calib: str | None = option(
-        None, RECONSTRUCT_CALIB_HELP.replace("default: --calib", f"default: --calib, and with the default --calib "
-                                             f"the same corpora as raw text, {RAW_CALIBRATION}"), group=RECONSTRUCTION)
+        None, RECONSTRUCT_CALIB_HELP.format(default=f"--calib; with the default --calib the same corpora as raw text, "
+                                            f"{RAW_CALIBRATION}"), group=RECONSTRUCTION)
     search: bool = option(False, "Týr-style search of per-layer widths, started from Putri's greedy allocation "
                           "(putri-export search; SmolLM2-135M 0.5: 0.79x/0.86x the paper preset's whole-set "
                           "perplexities, one Putri prune + 47 min here)")
