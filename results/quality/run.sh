@@ -115,6 +115,9 @@ reconstruct putri-rec4-b2-raw putri $RAW2 --batch 2 --epochs 4
 timed putri-rec4-b2-raw-recover $P recover "$W/putri-rec4-b2-raw" --teacher smollm2-135m \
   --out "$W/putri-rec4-b2-raw-recover" --data 'tinystories:train-2mib*2,wikitext2:valid-raw' \
   --max-minutes 20 --lr 3e-4 --autocast bf16 --threads $T
+timed putri-rec4-b2-raw-recover-seed1 $P recover "$W/putri-rec4-b2-raw" --teacher smollm2-135m \
+  --out "$W/putri-rec4-b2-raw-recover-seed1" --data 'tinystories:train-2mib*2,wikitext2:valid-raw' \
+  --max-minutes 20 --lr 3e-4 --autocast bf16 --threads $T --seed 1
 for m in putri-rec2 putri-rec2-lr3e-3 putri-rec2-b2 putri-rec2-b2-lr2e-3 putri-rec2-b2-lr3e-3 putri-rec2-b2-lr5e-3 \
     putri-rec2-b1 putri-rec2-b1-lr3e-3 search-widths-rec2-raw64-b2 search-widths-rec2-raw64-b2-lr2e-3 \
     search-widths-rec2-raw64-b2-lr3e-3 putri-rec2-b2-raw putri-rec4-b2 putri-rec4-b2-raw; do
@@ -128,7 +131,8 @@ for m in smollm2-135m putri obs-rounds dense-target dense-target-refit dense-fit
     search-rec2-recover-bf16 search-rec2-recover-bf16-ts search-rec2-recover-bf16-ts2 \
     search-rec2-recover-bf16-ts2-seed1 search-rec2-raw256 search-rec8-raw64 search-widths-rec4-raw64-lr3e-3 \
     search-widths-rec4-raw64-lr3e-3-recover search-widths-rec4-raw64-lr3e-3-recover-seed1 putri-rec2-b2 \
-    putri-rec4-b2-raw putri-rec4-b2-raw-recover; do
+    putri-rec4-b2-raw putri-rec4-b2-raw-recover \
+    putri-rec4-b2-raw-recover-seed1; do
   src=$W/$m; [ $m = smollm2-135m ] && src=$m
   for d in wikitext2 tinystories; do
     [ -f "$W/full-$m-$d.json" ] || $P eval "$src" --data $d --seq-len 512 --threads $T --json "$W/full-$m-$d.json" \

@@ -36,7 +36,8 @@ ROWS = [("putri", "paper preset (`--method putri`)"), ("obs-rounds", "paper pres
          "stop 35)"),
         ("putri-rec4-b2-raw", "paper preset + block reconstruction on the raw text of the same corpora (4 epochs, lr "
          "1e-3, 2 windows per step; run's default since stop 36)"),
-        ("putri-rec4-b2-raw-recover", "+ `recover --autocast bf16` (20 min; 2/3 TinyStories)")]
+        ("putri-rec4-b2-raw-recover", "+ `recover --autocast bf16` (20 min; 2/3 TinyStories)"),
+        ("putri-rec4-b2-raw-recover-seed1", "the same recovery, seed 1")]
 
 
 def seconds_and_rss(log: Path) -> tuple[str, str]:
